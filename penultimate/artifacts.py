@@ -90,7 +90,7 @@ def _plain(value: Any) -> Any:
 def artifact_key(
     stage: Stage, config: BaseModel | Mapping[str, Any], inputs: Iterable[ArtifactRef] = ()
 ) -> str:
-    """Content key: same stage code, config and upstream keys give the same key, anything else not."""
+    """Content key: equal stage code, config and upstream keys give equal keys; else not."""
     material = canonical_json(
         {
             "stage": stage.name,
@@ -118,7 +118,8 @@ class ArtifactStore:
 
     Example:
         >>> store = ArtifactStore("/tmp/store")
-        >>> ref = store.publish(Stage("demo", "1"), {"n": 1}, lambda d: (d / "x.txt").write_text("x") and {})
+        >>> write = lambda folder: {"chars": (folder / "x.txt").write_text("x")}
+        >>> ref = store.publish(Stage("demo", "1"), {"n": 1}, write)
         >>> store.validate(ref) is not None
         True
     """
@@ -132,7 +133,10 @@ class ArtifactStore:
         return ArtifactRef(stage=name, key=key, uri=str(self.root / name / key))
 
     def ref_for(
-        self, stage: Stage, config: BaseModel | Mapping[str, Any], inputs: Iterable[ArtifactRef] = ()
+        self,
+        stage: Stage,
+        config: BaseModel | Mapping[str, Any],
+        inputs: Iterable[ArtifactRef] = (),
     ) -> ArtifactRef:
         return self.ref(stage, artifact_key(stage, config, inputs))
 

@@ -45,7 +45,9 @@ class BertArchitecture:
     def from_hf_config(cls, config: Mapping[str, Any]) -> BertArchitecture:
         act = config.get("hidden_act", "gelu")
         if act not in _ACTIVATIONS:
-            raise ValueError(f"config.json: hidden_act {act!r} unsupported; use {sorted(_ACTIVATIONS)}")
+            raise ValueError(
+                f"config.json: hidden_act {act!r} unsupported; use {sorted(_ACTIVATIONS)}"
+            )
         if config.get("position_embedding_type", "absolute") != "absolute":
             raise ValueError("config.json: only position_embedding_type 'absolute' is supported")
         arch = cls(
@@ -75,7 +77,9 @@ def _dense(weights: Mapping[str, np.ndarray], prefix: str, name: str) -> tuple[t
     )
 
 
-def _layer_norm_vars(weights: Mapping[str, np.ndarray], prefix: str, name: str) -> tuple[tf.Variable, ...]:
+def _layer_norm_vars(
+    weights: Mapping[str, np.ndarray], prefix: str, name: str
+) -> tuple[tf.Variable, ...]:
     return (
         tf.Variable(weights[f"{prefix}.weight"], name=f"{name}/gamma"),
         tf.Variable(weights[f"{prefix}.bias"], name=f"{name}/beta"),
@@ -89,13 +93,17 @@ class _TransformerBlock(tf.Module):
         self.query = _dense(weights, f"{p}.attention.self.query", f"{n}/attention/query")
         self.key = _dense(weights, f"{p}.attention.self.key", f"{n}/attention/key")
         self.value = _dense(weights, f"{p}.attention.self.value", f"{n}/attention/value")
-        self.attention_output = _dense(weights, f"{p}.attention.output.dense", f"{n}/attention/output")
+        self.attention_output = _dense(
+            weights, f"{p}.attention.output.dense", f"{n}/attention/output"
+        )
         self.attention_norm = _layer_norm_vars(
             weights, f"{p}.attention.output.LayerNorm", f"{n}/attention/layer_norm"
         )
         self.intermediate = _dense(weights, f"{p}.intermediate.dense", f"{n}/intermediate")
         self.output = _dense(weights, f"{p}.output.dense", f"{n}/output")
-        self.output_norm = _layer_norm_vars(weights, f"{p}.output.LayerNorm", f"{n}/output/layer_norm")
+        self.output_norm = _layer_norm_vars(
+            weights, f"{p}.output.LayerNorm", f"{n}/output/layer_norm"
+        )
 
 
 class BertEncoder(tf.Module):
@@ -133,7 +141,9 @@ class BertEncoder(tf.Module):
         self.type_embeddings = tf.Variable(
             weights["embeddings.token_type_embeddings.weight"], name="embeddings/type_embeddings"
         )
-        self.embedding_norm = _layer_norm_vars(weights, "embeddings.LayerNorm", "embeddings/layer_norm")
+        self.embedding_norm = _layer_norm_vars(
+            weights, "embeddings.LayerNorm", "embeddings/layer_norm"
+        )
         self.blocks = [_TransformerBlock(arch, weights, i) for i in range(arch.num_layers)]
         self.pooler = _dense(weights, "pooler.dense", "pooler/dense")
         self._activation = _ACTIVATIONS[arch.hidden_act]
@@ -186,7 +196,9 @@ class BertEncoder(tf.Module):
         bias = (1.0 - mask[:, tf.newaxis, tf.newaxis, :]) * _MASKED_BIAS
         layer_outputs = []
         for block in self.blocks:
-            attended = self._dropout(self._attention(x, block, bias, training), self.hidden_dropout, training)
+            attended = self._dropout(
+                self._attention(x, block, bias, training), self.hidden_dropout, training
+            )
             x = self._norm(x + attended, block.attention_norm)
             hidden = self._activation(self._project(x, block.intermediate))
             out = self._dropout(self._project(hidden, block.output), self.hidden_dropout, training)

