@@ -100,9 +100,25 @@ _HTML_LINE = re.compile(
 )
 _HTML_CELL = re.compile(r"</?(?:td|th)\b" + _TAG_REST, re.IGNORECASE)
 _HTML_TAG = re.compile(r"</?[A-Za-z]" + _TAG_REST + r"|<[!?][^>]*(?:>|\Z)")
-_LOOKS_LIKE_HTML = re.compile(
-    r"<(?:html|body|head|table|!doctype\s+html)\b|<(?:p|br|div|font|td)\b[^<>]*>.*</",
-    re.IGNORECASE | re.DOTALL,
+# Spam often sends HTML labelled text/plain (or with no Content-Type at all) ...
+_STARTS_AS_HTML = re.compile(
+    r"\s*<(?:!doctype|!--|html|head|body|meta|title|style|table|center|div|p|font|img|a|b|br)\b",
+    re.IGNORECASE,
+)
+# ... and people paste or forward whole HTML documents into plain-text mail.
+_EMBEDDED_HTML = re.compile(
+    r"<(?:!doctype\s+html|html)\b.*?(?:</html\s*>|\Z)", re.IGNORECASE | re.DOTALL
+)
+# A body that is really MIME content whose top-level headers were lost or cut short by a
+# stray blank line: either the remaining headers (with a Content-Type) come first ...
+_HEADER_LINE = r"[!-9;-~]+:[^\n]*\n(?:[ \t][^\n]*\n)*"
+_STRAY_HEADERS = re.compile(
+    rf"(?:[ \t]*\n|[ \t][^\n]*\n)*((?:{_HEADER_LINE})*?Content-Type:)", re.IGNORECASE
+)
+# ... or a boundary line followed by part headers.
+_STRAY_BOUNDARY = re.compile(
+    rf"^--([^\s\"]{{1,200}})[ \t]*\n(?:{_HEADER_LINE})*?Content-(?:Type|Transfer-Encoding):",
+    re.IGNORECASE | re.MULTILINE,
 )
 
 _HORIZONTAL_SPACE = re.compile(r"[^\S\n]+")
@@ -151,20 +167,36 @@ def _walk(part: Message, as_bytes: bool, depth: int) -> _Body:
         return _merge([_walk(child, as_bytes, depth + 1) for child in children])
     if not isinstance(payload, str):
         return _ONE_DROPPED
-    if maintype == "multipart":
+    if maintype == "multipart" or "content-type" not in part:
+        recovered = _recover_mime(payload)
+        if recovered is not None:
+            return _walk(recovered, as_bytes, depth + 1)
         # A multipart whose boundary never appears: the body is all the email package has.
         maintype, subtype = "text", "plain"
     if maintype != "text" or subtype == "rfc822-headers":
         return _ONE_DROPPED
     text, replaced = _payload_text(part, payload, as_bytes)
     text, uu_blocks = _UU_BLOCK.subn("", text)
-    # Spam often sends HTML labelled text/plain (or with no Content-Type at all).
-    if subtype == "html" or (subtype == "plain" and _LOOKS_LIKE_HTML.search(text, 0, 4096)):
+    if subtype == "html" or (subtype == "plain" and _STARTS_AS_HTML.match(text)):
         text = _html_to_text(text)
+    elif subtype == "plain":
+        text = _EMBEDDED_HTML.sub(lambda document: _html_to_text(document[0]), text)
     elif subtype in ("enriched", "richtext"):
         text = _HTML_TAG.sub("", text)
     # HTML conversion may have dropped some of the characters we replaced.
     return _Body([text], min(replaced, text.count("\ufffd")), uu_blocks)
+
+
+def _recover_mime(payload: str) -> Message | None:
+    """Re-parse a body that is really MIME content whose own headers were lost or broken."""
+    headers = _STRAY_HEADERS.match(payload)
+    if headers:
+        return email.message_from_string(payload[headers.start(1) :], policy=policy.compat32)
+    boundary = _STRAY_BOUNDARY.search(payload, 0, 16384)
+    if boundary:
+        header = f'Content-Type: multipart/mixed; boundary="{boundary[1]}"\n\n'
+        return email.message_from_string(header + payload, policy=policy.compat32)
+    return None
 
 
 def _alternative(children: list[Message], as_bytes: bool, depth: int) -> _Body:

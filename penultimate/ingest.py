@@ -51,6 +51,19 @@ def list_source_files(source: str, file_format: FileFormat) -> list[str]:
     return [fs.unstrip_protocol(p) if "://" in source else p for p in files]
 
 
+def source_fingerprint(config: IngestConfig) -> list[dict[str, Any]]:
+    """Each source file's path, size and modification stamp, so an edited source gets a new key."""
+    fs, _ = fsspec.core.url_to_fs(config.source)
+    stamps = []
+    for file in list_source_files(config.source, FileFormat(config.format)):
+        info = fs.info(file)
+        stamp = (
+            info.get("mtime") or info.get("LastModified") or info.get("ETag") or info.get("etag")
+        )
+        stamps.append({"file": file, "size": int(info["size"]), "stamp": str(stamp)})
+    return stamps
+
+
 def _format_of(file: str, file_format: FileFormat) -> FileFormat:
     if file_format != FileFormat.auto:
         return file_format

@@ -5,16 +5,29 @@ Also publishes the split and drop counts as a Prefect table artifact.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from penultimate.artifacts import ArtifactRef, ArtifactStore
 from penultimate.config import IngestConfig
-from penultimate.ingest import DATASET_STAGE, prepare_dataset, write_dataset
+from penultimate.ingest import (
+    DATASET_STAGE,
+    prepare_dataset,
+    source_fingerprint,
+    write_dataset,
+)
 from tasks.caching import artifact_task
 
 
-@artifact_task(DATASET_STAGE, name="ingest-dataset", retries=0)
+def dataset_identity(params: Mapping[str, Any]) -> tuple[dict[str, Any], list[ArtifactRef]]:
+    config: IngestConfig = params["config"]
+    return {"config": config, "source_files": source_fingerprint(config)}, []
+
+
+@artifact_task(DATASET_STAGE, identity=dataset_identity, name="ingest-dataset")
 def ingest_dataset(config: IngestConfig, store_root: str) -> ArtifactRef:
     """Read, validate and shard the corpus into a dataset artifact."""
     logger = get_run_logger()
@@ -23,8 +36,9 @@ def ingest_dataset(config: IngestConfig, store_root: str) -> ArtifactRef:
         "read %d usable rows from %s; dropped %s", frame.height, config.source, counts["dropped"]
     )
     store = ArtifactStore(store_root)
+    key_config, _ = dataset_identity({"config": config})
     ref = store.publish(
-        DATASET_STAGE, config, lambda out: write_dataset(frame, counts, out, config.shard_rows)
+        DATASET_STAGE, key_config, lambda out: write_dataset(frame, counts, out, config.shard_rows)
     )
     manifest = store.read_manifest(ref)
     assert manifest is not None

@@ -1,0 +1,87 @@
+"""Shared test fixtures: a real local Prefect server, the shared corpus, a built encoder.
+
+The server and the encoder are built once per session; each test gets its own artifact store.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import penultimate  # noqa: F401  (selects tf-keras before anything imports TensorFlow)
+import polars as pl
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_CORPUS = REPO.parent / "shared" / "data" / "spamassassin.parquet"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def corpus_path() -> Path:
+    if not SHARED_CORPUS.is_file():
+        pytest.fail(f"the shared corpus is missing: {SHARED_CORPUS} (see ../shared/data/README.md)")
+    return SHARED_CORPUS
+
+
+@pytest.fixture(scope="session")
+def corpus_slice(corpus_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """300 messages of the real corpus, every group represented, as a Parquet file."""
+    frame = pl.read_parquet(corpus_path)
+    sample = frame.group_by("group", maintain_order=True).head(60).sort("id")
+    path = tmp_path_factory.mktemp("corpus") / "slice.parquet"
+    sample.write_parquet(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `prefect server` (SQLite) for the session, set as this process's API."""
+    from penultimate.prefect_server import start_local_server, stop_local_server
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    home = tmp_path_factory.mktemp("prefect-server")
+    api_url = start_local_server(home)
+    previous = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = api_url  # for subprocesses the tests start
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+            yield api_url
+    finally:
+        if previous is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = previous
+        stop_local_server(home)
+
+
+@pytest.fixture
+def store_root(tmp_path: Path) -> str:
+    return str(tmp_path / "store")
+
+
+@pytest.fixture(scope="session")
+def encoder_store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(tmp_path_factory.mktemp("encoder-store"))
+
+
+@pytest.fixture(scope="session")
+def minilm_pair(prefect_api: str, encoder_store: str) -> Path:
+    """The built-in encoder, built once through the real build-encoder flow."""
+    from flows.build_encoder import build_encoder_flow
+
+    return build_encoder_flow(store_root=encoder_store).path
+
+
+def task_run_states(flow_state: object) -> dict[str, str]:
+    """Task name -> state name for the task runs of a finished flow run, read from the API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    flow_run_id = flow_state.state_details.flow_run_id  # type: ignore[attr-defined]
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    return {run.name.rsplit("-", 1)[0]: run.state.name for run in runs}

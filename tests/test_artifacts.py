@@ -1,0 +1,105 @@
+"""Artifact store: content keys, manifests with checksums, atomic publish, kill-safety."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from penultimate.artifacts import ArtifactRef, ArtifactStore, Stage, artifact_key
+
+STAGE = Stage("demo", "1")
+
+
+def write_two_files(folder: Path) -> dict[str, int]:
+    (folder / "a.txt").write_text("alpha")
+    (folder / "sub").mkdir()
+    (folder / "sub" / "b.bin").write_bytes(b"\x00" * 100)
+    return {"files": 2}
+
+
+def test_key_is_stable_and_changes_with_config_code_and_inputs() -> None:
+    upstream = ArtifactRef(stage="dataset", key="abc", uri="/x/dataset/abc")
+    key = artifact_key(STAGE, {"rate": 0.1, "layers": [1, 2]}, [upstream])
+    assert key == artifact_key(STAGE, {"layers": [1, 2], "rate": 0.1}, [upstream])
+    assert key != artifact_key(STAGE, {"rate": 0.2, "layers": [1, 2]}, [upstream])
+    assert key != artifact_key(Stage("demo", "2"), {"rate": 0.1, "layers": [1, 2]}, [upstream])
+    other = ArtifactRef(stage="dataset", key="abd", uri="/x/dataset/abd")
+    assert key != artifact_key(STAGE, {"rate": 0.1, "layers": [1, 2]}, [other])
+
+
+def test_publish_writes_manifest_with_checksums(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path)
+    ref = store.publish(STAGE, {"n": 1}, write_two_files)
+    manifest = store.validate(ref)
+    assert manifest is not None
+    assert manifest.metrics == {"files": 2}
+    assert manifest.config == {"n": 1}
+    assert {f.path: f.size for f in manifest.files} == {"a.txt": 5, "sub/b.bin": 100}
+    assert store.artifacts(STAGE) == [ref]
+    assert not [p for p in (tmp_path / "demo").iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("damage", ["delete_file", "edit_file", "delete_manifest", "bad_manifest"])
+def test_damaged_artifact_is_invalid_and_republished(tmp_path: Path, damage: str) -> None:
+    store = ArtifactStore(tmp_path)
+    ref = store.publish(STAGE, {"n": 1}, write_two_files)
+    target = ref.path / "a.txt"
+    if damage == "delete_file":
+        target.unlink()
+    elif damage == "edit_file":
+        target.write_text("alphA")  # same size, different bytes: only the checksum notices
+    elif damage == "delete_manifest":
+        (ref.path / "manifest.json").unlink()
+    else:
+        (ref.path / "manifest.json").write_text("{not json")
+    assert store.validate(ref) is None
+    again = store.publish(STAGE, {"n": 1}, write_two_files)
+    assert again == ref
+    assert store.validate(ref) is not None
+
+
+_SLOW_WRITER = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from penultimate.artifacts import ArtifactStore, Stage
+
+    def write(folder: Path) -> dict:
+        with (folder / "big.bin").open("wb") as handle:
+            for _ in range(1000):
+                handle.write(b"x" * 65536)
+                handle.flush()
+                print("writing", flush=True)
+                time.sleep(0.05)
+        return {}
+
+    ArtifactStore(sys.argv[1]).publish(Stage("demo", "1"), {"n": 2}, write)
+    """
+)
+
+
+def test_sigkill_while_writing_leaves_nothing_visible_and_rerun_succeeds(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path)
+    process = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_WRITER, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    assert process.stdout is not None
+    for _ in range(5):  # let it write a few blocks, then kill it mid-file
+        assert process.stdout.readline().strip() == "writing"
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+
+    ref = store.ref_for(STAGE, {"n": 2})
+    assert store.validate(ref) is None
+    assert not ref.path.exists()
+    assert store.artifacts(STAGE) == []
+    leftovers = [p.name for p in (tmp_path / "demo").iterdir()]
+    assert leftovers and all(name.startswith(".staging-") for name in leftovers)
+
+    rerun = store.publish(STAGE, {"n": 2}, lambda d: {"bytes": (d / "big.bin").write_bytes(b"y")})
+    assert rerun == ref
+    assert store.validate(ref) is not None
