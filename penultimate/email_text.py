@@ -81,6 +81,16 @@ _BASE64_LINES = re.compile(rb"\s*(?:[A-Za-z0-9+/]+=*[ \t]*(?:\r?\n|\Z))+")
 _UU_BLOCK = re.compile(
     r"^begin[ \t]+[0-7]{3,4}[ \t]+\S[^\n]*\n(.*?)^end[ \t]*$", re.MULTILINE | re.DOTALL
 )
+# Inline PGP armour is cryptographic material, the counterpart of application/pgp-signature
+# parts, so it is dropped like them; the cleartext it signs stays.
+_PGP_ARMOUR = re.compile(
+    r"^[> \t]*-----BEGIN PGP (?!SIGNED MESSAGE)([A-Z ]+)-----$.*?"
+    r"^[> \t]*-----END PGP \1-----[ \t]*$",
+    re.MULTILINE | re.DOTALL,
+)
+_PGP_SIGNED_MARKER = re.compile(
+    r"^[> \t]*-----BEGIN PGP SIGNED MESSAGE-----[ \t]*\n(?:[> \t]*Hash:[^\n]*\n)?", re.MULTILINE
+)
 _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?]*)\?=")
 
 _HTML_INVISIBLE = re.compile(
@@ -117,7 +127,7 @@ _STRAY_HEADERS = re.compile(
 )
 # ... or a boundary line followed by part headers.
 _STRAY_BOUNDARY = re.compile(
-    rf"^--([^\s\"]{{1,200}})[ \t]*\n(?:{_HEADER_LINE})*?Content-(?:Type|Transfer-Encoding):",
+    rf"^--([^\n\"]{{0,199}}[^\s\"])[ \t]*\n(?:{_HEADER_LINE})*?Content-(?:Type|Transfer-Encoding):",
     re.IGNORECASE | re.MULTILINE,
 )
 
@@ -177,6 +187,8 @@ def _walk(part: Message, as_bytes: bool, depth: int) -> _Body:
         return _ONE_DROPPED
     text, replaced = _payload_text(part, payload, as_bytes)
     text, uu_blocks = _UU_BLOCK.subn("", text)
+    text, pgp_blocks = _PGP_ARMOUR.subn("", text)
+    text = _PGP_SIGNED_MARKER.sub("", text)
     if subtype == "html" or (subtype == "plain" and _STARTS_AS_HTML.match(text)):
         text = _html_to_text(text)
     elif subtype == "plain":
@@ -184,7 +196,7 @@ def _walk(part: Message, as_bytes: bool, depth: int) -> _Body:
     elif subtype in ("enriched", "richtext"):
         text = _HTML_TAG.sub("", text)
     # HTML conversion may have dropped some of the characters we replaced.
-    return _Body([text], min(replaced, text.count("\ufffd")), uu_blocks)
+    return _Body([text], min(replaced, text.count("\ufffd")), uu_blocks + pgp_blocks)
 
 
 def _recover_mime(payload: str) -> Message | None:

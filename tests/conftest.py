@@ -78,10 +78,13 @@ def task_run_states(flow_state: object) -> dict[str, str]:
     """Task name -> state name for the task runs of a finished flow run, read from the API."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import TaskRunSort
 
     flow_run_id = flow_state.state_details.flow_run_id  # type: ignore[attr-defined]
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+            sort=TaskRunSort.EXPECTED_START_TIME_ASC,
+            limit=200,
         )
     return {run.name.rsplit("-", 1)[0]: run.state.name for run in runs}
