@@ -9,9 +9,10 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-import penultimate  # noqa: F401  (selects tf-keras before anything imports TensorFlow)
 import polars as pl
 import pytest
+
+import penultimate  # noqa: F401  (selects tf-keras before anything imports TensorFlow)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CORPUS = REPO.parent / "shared" / "data" / "spamassassin.parquet"
@@ -38,8 +39,9 @@ def corpus_slice(corpus_path: Path, tmp_path_factory: pytest.TempPathFactory) ->
 @pytest.fixture(scope="session")
 def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real `prefect server` (SQLite) for the session, set as this process's API."""
-    from penultimate.prefect_server import start_local_server, stop_local_server
     from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from penultimate.prefect_server import start_local_server, stop_local_server
 
     home = tmp_path_factory.mktemp("prefect-server")
     api_url = start_local_server(home)

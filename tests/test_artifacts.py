@@ -9,6 +9,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
 from penultimate.artifacts import ArtifactRef, ArtifactStore, Stage, artifact_key
 
 STAGE = Stage("demo", "1")

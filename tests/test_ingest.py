@@ -7,6 +7,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+
 from penultimate.artifacts import ArtifactStore
 from penultimate.config import IngestConfig
 from penultimate.ingest import (
@@ -30,7 +31,10 @@ def write_parquet(path: Path, rows: dict[str, list]) -> Path:
 
 def test_email_corpus_becomes_subject_and_body_text(corpus_slice: Path, tmp_path: Path) -> None:
     config = plain_config(
-        corpus_slice, text_format="email", text_column="raw", passthrough_columns=["group"],
+        corpus_slice,
+        text_format="email",
+        text_column="raw",
+        passthrough_columns=["group"],
         shard_rows=70,
     )
     frame, counts = prepare_dataset(config)
@@ -47,9 +51,10 @@ def test_email_corpus_becomes_subject_and_body_text(corpus_slice: Path, tmp_path
     assert [s["rows"] for s in metrics["shards"]] == [70, 70, 70, 70, 20]
     assert sum(metrics["rows_per_split"].values()) == 300
     assert metrics["rows_per_split"]["train"] > metrics["rows_per_split"]["test"] > 0
-    assert sum(metrics["label_counts_per_split"]["train"].values()) == metrics["rows_per_split"][
-        "train"
-    ]
+    assert (
+        sum(metrics["label_counts_per_split"]["train"].values())
+        == metrics["rows_per_split"]["train"]
+    )
     assert 0 < metrics["text_chars_quantiles"]["p50"] <= metrics["text_chars_quantiles"]["p100"]
     assert read_dataset(ref).equals(frame)
     assert read_dataset(ref, "test")["split"].unique().to_list() == ["test"]
@@ -96,7 +101,9 @@ def test_empty_text_dropped_and_counted_or_an_error(tmp_path: Path) -> None:
     frame, counts = prepare_dataset(plain_config(source))
     assert frame["id"].to_list() == ["1", "4"]
     assert counts["dropped"] == {"empty_text": 2}
-    with pytest.raises(IngestError, match=r"2 row\(s\) have null or empty text \(ids \['2', '3'\]\)"):
+    with pytest.raises(
+        IngestError, match=r"2 row\(s\) have null or empty text \(ids \['2', '3'\]\)"
+    ):
         prepare_dataset(plain_config(source, empty_text="error"))
 
 

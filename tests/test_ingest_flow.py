@@ -11,6 +11,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+
 from conftest import REPO, task_run_states
 from flows.ingest import ingest
 from penultimate.artifacts import ArtifactStore
@@ -51,10 +52,14 @@ def test_config_change_gives_a_new_artifact(corpus_slice: Path, store_root: str)
     other, state = run(email_config(corpus_slice, shard_rows=50), store_root)
     assert state == "Completed"
     assert other.key != ref.key
-    assert ArtifactStore(store_root).artifacts("dataset") == sorted([ref, other], key=lambda r: r.key)
+    assert ArtifactStore(store_root).artifacts("dataset") == sorted(
+        [ref, other], key=lambda r: r.key
+    )
 
 
-def test_edited_source_gives_a_new_artifact(corpus_slice: Path, tmp_path: Path, store_root: str) -> None:
+def test_edited_source_gives_a_new_artifact(
+    corpus_slice: Path, tmp_path: Path, store_root: str
+) -> None:
     source = tmp_path / "copy.parquet"
     shutil.copy(corpus_slice, source)
     ref, _ = run(email_config(source), store_root)
@@ -92,7 +97,9 @@ def cli(*args: str, store: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_cli_prints_the_artifact_uri_last(corpus_slice: Path, tmp_path: Path, store_root: str) -> None:
+def test_cli_prints_the_artifact_uri_last(
+    corpus_slice: Path, tmp_path: Path, store_root: str
+) -> None:
     config_file = tmp_path / "ingest.yaml"
     config_file.write_text(f"source: {corpus_slice}\ntext_format: email\ntext_column: raw\n")
     result = cli("ingest", "--config", str(config_file), store=store_root)

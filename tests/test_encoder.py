@@ -1,0 +1,178 @@
+"""The built-in `minilm-l6` encoder pair against the sentence-transformers reference fixture, and
+the converter's contract: TF-Hub-format SavedModels, any BERT folder, clear errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_hub as hub
+import tf_keras
+
+from conftest import FIXTURES, task_run_states
+from penultimate.encoders.bert_convert import (
+    EncoderPair,
+    EncoderSourceError,
+    resolve_weights_folder,
+)
+from penultimate.pooling import l2_normalize, masked_mean
+
+REFERENCE = json.loads((FIXTURES / "minilm_reference.json").read_text())
+ARRAYS = np.load(FIXTURES / "minilm_reference.npz")
+SEQ_LENGTH = REFERENCE["max_seq_length"]
+
+
+@pytest.fixture(scope="module")
+def pair(minilm_pair: Path) -> EncoderPair:
+    return EncoderPair(minilm_pair)
+
+
+@pytest.fixture(scope="module")
+def reference_inputs(pair: EncoderPair) -> dict[str, tf.Tensor]:
+    preprocessor = hub.KerasLayer(str(pair.preprocessor))
+    return preprocessor(tf.constant(REFERENCE["sentences"]))
+
+
+def test_token_ids_identical_to_reference(reference_inputs: dict[str, tf.Tensor]) -> None:
+    ids = reference_inputs["input_word_ids"].numpy()
+    mask = reference_inputs["input_mask"].numpy()
+    assert ids.shape == (len(REFERENCE["sentences"]), SEQ_LENGTH)
+    for row, expected in enumerate(REFERENCE["token_ids"]):
+        got = ids[row][mask[row] == 1].tolist()
+        assert got == expected, f"sentence {row}: {REFERENCE['sentences'][row]!r}"
+        assert (ids[row][mask[row] == 0] == 0).all()
+    assert (reference_inputs["input_type_ids"].numpy() == 0).all()
+
+
+def test_mean_pooled_embeddings_match_reference(
+    pair: EncoderPair, reference_inputs: dict[str, tf.Tensor]
+) -> None:
+    encoder = hub.KerasLayer(str(pair.encoder))
+    outputs = encoder(reference_inputs)
+    ours = l2_normalize(masked_mean(outputs["sequence_output"], reference_inputs["input_mask"]))
+    cosine = np.sum(ours.numpy() * ARRAYS["embeddings"], axis=1)
+    worst = int(np.argmin(cosine))
+    assert cosine.min() >= 0.9999, f"worst {cosine.min():.6f}: {REFERENCE['sentences'][worst]!r}"
+
+
+def test_every_layer_matches_reference_hidden_states(pair: EncoderPair) -> None:
+    preprocessor = tf.saved_model.load(str(pair.preprocessor))
+    encoder = tf.saved_model.load(str(pair.encoder))
+    indices = REFERENCE["hidden_state_sentence_indices"]
+    inputs = preprocessor(tf.constant([REFERENCE["sentences"][i] for i in indices]))
+    layers = encoder(inputs, training=False)["encoder_outputs"]
+    expected = ARRAYS["hidden_states"]  # [sentences, embeddings + layers, positions, features]
+    positions = expected.shape[2]
+    mask = ARRAYS["hidden_states_mask"][:, :positions].astype(bool)
+    assert len(layers) == expected.shape[1] - 1
+    for layer, states in enumerate(layers, start=1):
+        diff = np.abs(states.numpy()[:, :positions] - expected[:, layer])[mask]
+        assert diff.max() <= 1e-3, f"layer {layer}: max abs diff {diff.max():.2e}"
+
+
+def test_pair_works_as_tf_hub_layers_in_a_keras_model(pair: EncoderPair) -> None:
+    text = tf_keras.layers.Input(shape=(), dtype=tf.string)
+    encoded = hub.KerasLayer(str(pair.encoder), trainable=True)(
+        hub.KerasLayer(str(pair.preprocessor))(text)
+    )
+    model = tf_keras.Model(text, encoded["pooled_output"])
+    batch = tf.constant(["a short one", "and another, somewhat longer, sentence"])
+    assert model(batch).shape == (2, 384)
+    assert len(model.trainable_weights) == 6 * 16 + 7  # blocks + embeddings, norms, pooler
+    inference = model(batch, training=False).numpy()
+    np.testing.assert_array_equal(inference, model(batch, training=False).numpy())
+    assert not np.allclose(model(batch, training=True).numpy(), inference, atol=1e-4)
+
+
+def test_saved_models_are_relocatable(pair: EncoderPair, tmp_path: Path) -> None:
+    moved = tmp_path / "moved"
+    shutil.copytree(pair.root, moved)
+    preprocessor = tf.saved_model.load(str(EncoderPair(moved).preprocessor))
+    assert preprocessor(tf.constant(["hello world"]))["input_word_ids"].numpy()[0, :4].tolist() == [
+        101,
+        7592,
+        2088,
+        102,
+    ]
+
+
+def test_build_encoder_rerun_is_cached(minilm_pair: Path, encoder_store: str) -> None:
+    from flows.build_encoder import build_encoder_flow
+
+    state = build_encoder_flow(store_root=encoder_store, return_state=True)
+    assert state.result().path == minilm_pair
+    assert task_run_states(state)["build-encoder"] == "Cached"
+
+
+def test_converter_names_what_is_missing(tmp_path: Path) -> None:
+    folder = tmp_path / "model"
+    shutil.copytree(resolve_weights_folder("minilm-l6"), folder)
+    (folder / "vocab.txt").unlink()
+    with pytest.raises(EncoderSourceError, match=r"missing vocab\.txt"):
+        resolve_weights_folder(str(folder))
+    with pytest.raises(EncoderSourceError, match="not a built-in name"):
+        resolve_weights_folder(str(tmp_path / "nowhere"))
+
+
+def tiny_bert_weights(arch: dict[str, int]) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    hidden, inter = arch["hidden_size"], arch["intermediate_size"]
+    shapes = {
+        "embeddings.word_embeddings.weight": (arch["vocab_size"], hidden),
+        "embeddings.position_embeddings.weight": (arch["max_position_embeddings"], hidden),
+        "embeddings.token_type_embeddings.weight": (2, hidden),
+        "embeddings.LayerNorm.weight": (hidden,),
+        "embeddings.LayerNorm.bias": (hidden,),
+        "pooler.dense.weight": (hidden, hidden),
+        "pooler.dense.bias": (hidden,),
+    }
+    for i in range(arch["num_hidden_layers"]):
+        p = f"encoder.layer.{i}"
+        for name in (
+            "attention.self.query",
+            "attention.self.key",
+            "attention.self.value",
+            "attention.output.dense",
+        ):
+            shapes[f"{p}.{name}.weight"] = (hidden, hidden)
+            shapes[f"{p}.{name}.bias"] = (hidden,)
+        shapes[f"{p}.intermediate.dense.weight"] = (inter, hidden)
+        shapes[f"{p}.intermediate.dense.bias"] = (inter,)
+        shapes[f"{p}.output.dense.weight"] = (hidden, inter)
+        shapes[f"{p}.output.dense.bias"] = (hidden,)
+        for norm in ("attention.output.LayerNorm", "output.LayerNorm"):
+            shapes[f"{p}.{norm}.weight"] = (hidden,)
+            shapes[f"{p}.{norm}.bias"] = (hidden,)
+    # A task checkpoint's "bert." prefix must be understood too.
+    return {f"bert.{k}": rng.normal(0, 0.02, s).astype(np.float32) for k, s in shapes.items()}
+
+
+def test_converter_takes_any_bert_folder(tmp_path: Path) -> None:
+    from safetensors.numpy import save_file
+
+    from penultimate.encoders.bert_convert import build_encoder_pair
+
+    arch = {
+        "vocab_size": 30522,
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 64,
+        "max_position_embeddings": 64,
+    }
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({**arch, "model_type": "bert"}))
+    shutil.copy(resolve_weights_folder("minilm-l6") / "vocab.txt", folder / "vocab.txt")
+    save_file(tiny_bert_weights(arch), str(folder / "model.safetensors"))
+    pair = build_encoder_pair(resolve_weights_folder(str(folder)), tmp_path / "out", seq_length=16)
+    inputs = tf.saved_model.load(str(pair.preprocessor))(tf.constant(["hello tiny world"]))
+    outputs = tf.saved_model.load(str(pair.encoder))(inputs, training=False)
+    assert outputs["sequence_output"].shape == (1, 16, 32)
+    assert len(outputs["encoder_outputs"]) == 2
+    with pytest.raises(EncoderSourceError, match="exceeds the model's max_position_embeddings"):
+        build_encoder_pair(folder, tmp_path / "out2", seq_length=128)
