@@ -92,8 +92,10 @@ _PGP_SIGNED_MARKER = re.compile(
 )
 _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?]*)\?=")
 
+# Browsers hide everything after an unclosed "<!--"; spam uses such openers as junk
+# markup ('<!--#rotate>'), so an unclosed one is dropped only up to its ">" as a bogus tag.
 _HTML_INVISIBLE = re.compile(
-    r"<!--(?:.*?-->|.*)|<(script|style)\b[^>]*>(?:.*?</\1\s*>|.*)", re.IGNORECASE | re.DOTALL
+    r"<!--.*?-->|<(script|style)\b[^>]*>(?:.*?</\1\s*>|.*)", re.IGNORECASE | re.DOTALL
 )
 # A tag ends at ">" outside quotes; a "<" or the end of input also ends it, so that broken
 # markup like '<font size=2<b>' cannot swallow the visible text that follows.
@@ -319,9 +321,12 @@ def _charsets(label: str | None) -> tuple[str, ...]:
     name = _CHARSET_ALIASES.get(token[0], token[0])
     try:
         name = codecs.lookup(name).name
-        b"".decode(name)  # rejects bytes-to-bytes codecs such as base64 or zlib
+        # Rejects bytes-to-bytes codecs such as base64 or zlib (b"" would skip the check).
+        b"\0\0\0\0".decode(name)
     except LookupError:
         return _UNLABELLED
+    except UnicodeError:
+        pass
     if name in _PSEUDO_CODECS:
         return _UNLABELLED
     return _SUPERSETS.get(name, (name,)) or _UNLABELLED
