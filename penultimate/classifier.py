@@ -1,0 +1,214 @@
+"""The text classifier: TF-Hub BERT encoder -> pooling -> hidden Dense layers -> Dense, with every
+dropout placed, shaped and limited as `TrainConfig.dropout` says, and encoder blocks frozen or not.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import tensorflow as tf
+import tensorflow_hub as hub
+import tf_keras
+
+from penultimate.config import Pooling, TrainConfig
+from penultimate.dropout import StructuredDropout
+from penultimate.features import pool_encoder_outputs
+
+_BLOCK = re.compile(r"(?:^|/)layer_(\d+)/")
+_POOLER = re.compile(r"(?:^|/)pooler/")
+
+
+class WarmupLinearDecay(tf_keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up from 0 to `peak` over `warmup_steps`, then linear decay to 0 at `total_steps`.
+
+    Args:
+        peak: the learning rate reached at the end of warm-up.
+        warmup_steps: optimiser steps of warm-up (0 = start at the peak).
+        total_steps: optimiser steps of the whole run.
+    """
+
+    def __init__(self, peak: float, warmup_steps: int, total_steps: int) -> None:
+        self.peak = peak
+        self.warmup_steps = warmup_steps
+        self.total_steps = max(total_steps, 1)
+
+    def __call__(self, step: tf.Tensor) -> tf.Tensor:
+        step = tf.cast(step, tf.float32)
+        warm = step / max(self.warmup_steps, 1)
+        decay = (self.total_steps - step) / max(self.total_steps - self.warmup_steps, 1)
+        return self.peak * tf.clip_by_value(tf.minimum(warm, decay), 0.0, 1.0)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"peak": self.peak, "warmup_steps": self.warmup_steps, "total_steps": self.total_steps}
+
+
+def trainable_encoder_variables(
+    encoder: tf_keras.layers.Layer, num_layers: int, top_blocks: int | None
+) -> list[tf.Variable]:
+    """The encoder variables that `freeze` leaves trainable: all (None), or the top N blocks and
+    the pooler. Blocks are recognised by TF-Hub BERT's `layer_<i>/` variable names."""
+    variables = list(encoder.weights)
+    if top_blocks is None:
+        return variables
+    if top_blocks == 0:
+        return []
+    first = num_layers - top_blocks
+    chosen = []
+    for variable in variables:
+        block = _BLOCK.search(variable.name)
+        if (block and int(block.group(1)) >= first) or _POOLER.search(variable.name):
+            chosen.append(variable)
+    if not any(_BLOCK.search(v.name) for v in chosen):
+        raise ValueError(
+            "freeze: top:N needs encoder variables named layer_<i>/...; this encoder has none "
+            "(use freeze: all or none)"
+        )
+    return chosen
+
+
+class TextClassifier(tf_keras.Model):
+    """BERT-style classifier with configurable dropout, on encoder inputs (token ids).
+
+    Args:
+        encoder: a TF-Hub BERT encoder (`hub.KerasLayer` or path) taking
+            `input_word_ids`/`input_mask`/`input_type_ids`.
+        config: the training config (pooling, layer, hidden layers, dropout, freeze).
+        num_classes: 2 gives one sigmoid logit; more give one softmax logit per class.
+        num_layers: encoder blocks, to resolve `freeze: top:N`.
+
+    Example:
+        >>> model = TextClassifier("encoder/", TrainConfig(), num_classes=2, num_layers=6)
+        >>> logits = model(preprocessor(tf.constant(["hello"])))       # [1, 1]
+        >>> features = model.embed(preprocessor(tf.constant(["hello"])))  # before head dropout
+    """
+
+    def __init__(
+        self,
+        encoder: tf_keras.layers.Layer | str,
+        config: TrainConfig,
+        num_classes: int,
+        num_layers: int,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.train_config = config
+        self.num_classes = num_classes
+        self.num_layers = num_layers
+        if isinstance(encoder, str):
+            encoder = hub.KerasLayer(encoder, trainable=config.trained_top_blocks != 0)
+        self.encoder = encoder
+        self.dropouts: dict[str, list[StructuredDropout]] = {}
+        for index, spec in enumerate(config.dropout):
+            layer = StructuredDropout(
+                spec.rate,
+                mask=str(spec.mask),
+                columns=spec.columns,
+                seed=config.seed + index,
+                name=f"dropout_{index}_{spec.at.replace(':', '_')}",
+            )
+            self.dropouts.setdefault(spec.at, []).append(layer)
+        self.hidden_layers = [
+            tf_keras.layers.Dense(h.units, activation=h.activation, name=f"hidden_{i}")
+            for i, h in enumerate(config.hidden)
+        ]
+        self.output_layer = tf_keras.layers.Dense(
+            1 if num_classes == 2 else num_classes, name="logits"
+        )
+        self.encoder_optimizer: tf_keras.optimizers.Optimizer | None = None
+
+    def _drop(self, at: str, x: tf.Tensor, active: bool) -> tf.Tensor:
+        for layer in self.dropouts.get(at, []):
+            x = layer(x, training=active)
+        return x
+
+    def encoder_features(
+        self, inputs: Mapping[str, tf.Tensor], encoder_training: bool, dropout: bool
+    ) -> tf.Tensor:
+        """Pooled encoder output after any `sequence` dropout: [batch, encoder features]."""
+        outputs = self.encoder(dict(inputs), training=encoder_training)
+        return self.pool(outputs, inputs["input_mask"], dropout)
+
+    def pool(self, outputs: Mapping[str, Any], mask: tf.Tensor, dropout: bool) -> tf.Tensor:
+        """The configured layer and pooling of encoder outputs, with `sequence` dropout first."""
+        config = self.train_config
+        if config.pooling == Pooling.pooled:
+            return outputs["pooled_output"]
+        states = self._drop("sequence", outputs["encoder_outputs"][config.layer], dropout)
+        return pool_encoder_outputs({"encoder_outputs": [states]}, mask, 0, config.pooling)
+
+    def penultimate(self, features: tf.Tensor, dropout: bool) -> tf.Tensor:
+        """From pooled encoder features to the input of the head dropout (the embedding we serve)."""
+        x = self._drop("pooled", features, dropout)
+        for index, dense in enumerate(self.hidden_layers):
+            x = self._drop(f"hidden:{index}", dense(x), dropout)
+        return x
+
+    def head(self, penultimate: tf.Tensor, dropout: bool) -> tf.Tensor:
+        return self.output_layer(self._drop("head", penultimate, dropout))
+
+    def logits_from_encoder_outputs(
+        self, outputs: Mapping[str, Any], mask: tf.Tensor, dropout: bool
+    ) -> tf.Tensor:
+        """Everything after the encoder; MC-dropout reuses one encoder pass for many samples."""
+        return self.head(self.penultimate(self.pool(outputs, mask, dropout), dropout), dropout)
+
+    def call(self, inputs: Mapping[str, tf.Tensor], training: bool | None = None) -> tf.Tensor:
+        active = bool(training)
+        outputs = self.encoder(dict(inputs), training=active)
+        return self.logits_from_encoder_outputs(outputs, inputs["input_mask"], active)
+
+    def embed(self, inputs: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        """Penultimate features, deterministic: encoder and every dropout in inference mode."""
+        return self.penultimate(self.encoder_features(inputs, False, False), False)
+
+    def encoder_variables_to_train(self) -> list[tf.Variable]:
+        return trainable_encoder_variables(
+            self.encoder, self.num_layers, self.train_config.trained_top_blocks
+        )
+
+    def head_variables(self) -> list[tf.Variable]:
+        encoder_ids = {id(v) for v in self.encoder.weights}
+        return [v for v in self.trainable_variables if id(v) not in encoder_ids]
+
+    def compile_with_optimizers(
+        self,
+        head_optimizer: tf_keras.optimizers.Optimizer,
+        encoder_optimizer: tf_keras.optimizers.Optimizer | None,
+        **compile_kwargs: Any,
+    ) -> None:
+        """Compile with one optimiser for the head and one (smaller rate) for encoder blocks."""
+        self.compile(optimizer=head_optimizer, **compile_kwargs)
+        self.encoder_optimizer = encoder_optimizer
+
+    def train_step(self, data: Any) -> dict[str, tf.Tensor]:
+        x, y, sample_weight = tf_keras.utils.unpack_x_y_sample_weight(data)
+        head_vars = self.head_variables()
+        encoder_vars = self.encoder_variables_to_train() if self.encoder_optimizer else []
+        with tf.GradientTape() as tape:
+            logits = self(x, training=True)
+            loss = self.compute_loss(x, y, logits, sample_weight)
+        gradients = tape.gradient(loss, head_vars + encoder_vars)
+        # Only the chosen variables get gradients applied: frozen blocks stay bit-identical.
+        self.optimizer.apply_gradients(zip(gradients[: len(head_vars)], head_vars, strict=True))
+        if encoder_vars:
+            self.encoder_optimizer.apply_gradients(
+                zip(gradients[len(head_vars) :], encoder_vars, strict=True)
+            )
+        return self.compute_metrics(x, y, logits, sample_weight)
+
+
+class HeadModel(tf_keras.Model):
+    """The classifier's layers after the encoder, trained on cached pooled encoder features.
+
+    It shares its layers (and so its weights) with `classifier`.
+    """
+
+    def __init__(self, classifier: TextClassifier, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.classifier = classifier
+
+    def call(self, features: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        active = bool(training)
+        return self.classifier.head(self.classifier.penultimate(features, active), active)

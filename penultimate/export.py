@@ -1,0 +1,155 @@
+"""Export a trained classifier as a SavedModel that takes raw strings and serves predictions,
+pre-dropout embeddings, every encoder layer x pooling, and MC-dropout; then verify it elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from penultimate.artifacts import Stage
+from penultimate.features import pool_tokens
+from penultimate.train import TrainedClassifier, logits_to_probabilities
+
+EXPORT_STAGE = Stage("export", "1")
+SAVED_MODEL_DIR = "saved_model"
+TOKEN_POOLINGS = ("cls", "mean", "max")
+VERIFY_BATCH_SIZES = (1, 7, 64)
+TOLERANCE = 1e-5
+_CHECKER = Path(__file__).with_name("export_check.py")
+_TEXT = tf.TensorSpec([None], tf.string, name="text")
+
+
+class ExportVerificationError(RuntimeError):
+    """The reloaded SavedModel disagrees with the trained model; the export is not published."""
+
+
+def encode_output_names(num_layers: int) -> list[str]:
+    """`encode` signature keys: `layer_<i>_<pooling>` for every layer and token pooling, `pooled`."""
+    return [f"layer_{i}_{p}" for i in range(num_layers) for p in TOKEN_POOLINGS] + ["pooled"]
+
+
+class ClassifierServing(tf.Module):
+    """Strings in; preprocessing, the classifier and its encoder inside; dropout off by default."""
+
+    def __init__(self, trained: TrainedClassifier) -> None:
+        super().__init__(name="penultimate_classifier")
+        self.preprocessor = trained.loaded.preprocessor
+        self.classifier = trained.model
+        self.binary = trained.model.num_classes == 2
+
+    def _inputs(self, text: tf.Tensor) -> dict[str, tf.Tensor]:
+        return self.preprocessor.tokenize_for_dynamic_padding(text)
+
+    def _probabilities(self, logits: tf.Tensor) -> tf.Tensor:
+        if self.binary:
+            positive = tf.sigmoid(logits)
+            return tf.concat([1.0 - positive, positive], axis=1)
+        return tf.nn.softmax(logits, axis=1)
+
+    @tf.function(input_signature=[_TEXT])
+    def serve(self, text: tf.Tensor) -> dict[str, tf.Tensor]:
+        logits = self.classifier(self._inputs(text), training=False)
+        return {"probabilities": self._probabilities(logits), "logits": logits}
+
+    @tf.function(input_signature=[_TEXT])
+    def embed(self, text: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"embedding": self.classifier.embed(self._inputs(text))}
+
+    @tf.function(input_signature=[_TEXT])
+    def encode(self, text: tf.Tensor) -> dict[str, tf.Tensor]:
+        inputs = self._inputs(text)
+        outputs = self.classifier.encoder(inputs, training=False)
+        result = {
+            f"layer_{i}_{p}": pool_tokens(states, inputs["input_mask"], p)
+            for i, states in enumerate(outputs["encoder_outputs"])
+            for p in TOKEN_POOLINGS
+        }
+        result["pooled"] = outputs["pooled_output"]
+        return result
+
+    @tf.function(input_signature=[_TEXT, tf.TensorSpec([], tf.int32, name="samples")])
+    def predict_mc(self, text: tf.Tensor, samples: tf.Tensor) -> dict[str, tf.Tensor]:
+        inputs = self._inputs(text)
+        # One deterministic encoder pass; the classifier's own dropout is sampled `samples` times.
+        outputs = self.classifier.encoder(inputs, training=False)
+        draws = tf.map_fn(
+            lambda _: self._probabilities(
+                self.classifier.logits_from_encoder_outputs(outputs, inputs["input_mask"], True)
+            ),
+            tf.range(samples),
+            fn_output_signature=tf.float32,
+        )
+        return {"mean": tf.reduce_mean(draws, axis=0), "std": tf.math.reduce_std(draws, axis=0)}
+
+
+def export_classifier(trained: TrainedClassifier, out: Path, probe_texts: list[str]) -> dict[str, Any]:
+    """Save the SavedModel into `out/saved_model`, verify it in a fresh process, return the report."""
+    module = ClassifierServing(trained)
+    signatures = {
+        "serving_default": module.serve,
+        "embed": module.embed,
+        "encode": module.encode,
+        "predict_mc": module.predict_mc,
+    }
+    saved = out / SAVED_MODEL_DIR
+    tf.saved_model.save(module, str(saved), signatures=signatures)
+    (out / "labels.json").write_text(json.dumps(trained.labels.names))
+    report = verify_export(trained, saved, probe_texts)
+    report["signatures"] = describe_signatures(saved)
+    return report
+
+
+def expected_outputs(trained: TrainedClassifier, texts: list[str]) -> dict[str, np.ndarray]:
+    """What the Keras model itself says for `texts` (one batch), for comparison after reload."""
+    inputs = trained.loaded.tokenize(texts)
+    logits = trained.model(inputs, training=False).numpy()
+    return {
+        "probabilities": logits_to_probabilities(logits).astype(np.float32),
+        "embedding": trained.model.embed(inputs).numpy(),
+    }
+
+
+def verify_export(trained: TrainedClassifier, saved: Path, texts: list[str]) -> dict[str, Any]:
+    """Reload in a fresh Python (tensorflow + tensorflow_text only) and compare; raise if off."""
+    with tempfile.TemporaryDirectory() as tmp:
+        expected = Path(tmp) / "expected.npz"
+        np.savez(expected, texts=np.array(texts, dtype=object), **expected_outputs(trained, texts))
+        report_file = Path(tmp) / "report.json"
+        result = subprocess.run(
+            [sys.executable, str(_CHECKER), str(saved), str(expected), str(report_file)],
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        if result.returncode != 0:
+            raise ExportVerificationError(f"export check crashed:\n{result.stderr[-3000:]}")
+        report = json.loads(report_file.read_text())
+    failures = {k: v for k, v in report["max_abs_diff"].items() if v > TOLERANCE}
+    if failures:
+        raise ExportVerificationError(f"reloaded SavedModel differs (tolerance {TOLERANCE}): {failures}")
+    return report
+
+
+def describe_signatures(saved: Path) -> dict[str, Any]:
+    loaded = tf.saved_model.load(str(saved))
+    return {
+        name: {
+            "inputs": {
+                key: [str(spec.dtype.name), spec.shape.as_list()]
+                for key, spec in function.structured_input_signature[1].items()
+            },
+            "outputs": {
+                key: [str(spec.dtype.name), spec.shape.as_list()]
+                for key, spec in function.structured_outputs.items()
+            },
+        }
+        for name, function in loaded.signatures.items()
+    }

@@ -1,0 +1,47 @@
+"""Standalone check of an exported classifier, run in a fresh Python by `export.verify_export`.
+
+It imports only tensorflow and tensorflow_text, proving that is all a consumer needs.
+"""
+
+import json
+import sys
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_text  # noqa: F401  (registers the preprocessor's ops)
+
+
+def main(saved_dir: str, expected_file: str, report_file: str) -> None:
+    model = tf.saved_model.load(saved_dir)
+    expected = np.load(expected_file, allow_pickle=True)
+    texts = [str(t) for t in expected["texts"]]
+    serve, embed = model.signatures["serving_default"], model.signatures["embed"]
+    diffs: dict[str, float] = {}
+    for size in (1, 7, 64):
+        probabilities, embeddings = [], []
+        for start in range(0, len(texts), size):
+            batch = tf.constant(texts[start : start + size])
+            probabilities.append(serve(text=batch)["probabilities"].numpy())
+            embeddings.append(embed(text=batch)["embedding"].numpy())
+        diffs[f"probabilities_batch_{size}"] = float(
+            np.abs(np.concatenate(probabilities) - expected["probabilities"]).max()
+        )
+        diffs[f"embedding_batch_{size}"] = float(
+            np.abs(np.concatenate(embeddings) - expected["embedding"]).max()
+        )
+    everything = tf.constant(texts)
+    first, second = embed(text=everything)["embedding"], embed(text=everything)["embedding"]
+    diffs["embedding_repeat"] = float(np.abs(first.numpy() - second.numpy()).max())
+    mc = model.signatures["predict_mc"](text=everything[:4], samples=tf.constant(3))
+    encode = model.signatures["encode"](text=everything[:2])
+    report = {
+        "max_abs_diff": diffs,
+        "predict_mc_shape": mc["mean"].shape.as_list(),
+        "encode_outputs": sorted(encode),
+    }
+    with open(report_file, "w") as handle:
+        json.dump(report, handle)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])

@@ -1,0 +1,94 @@
+"""Encoder features: pick a layer and a pooling of a TF-Hub BERT encoder's outputs, and encode many
+texts fast (sorted by length, each batch padded only to its own longest text).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from penultimate.config import Pooling
+from penultimate.pooling import cls_token, masked_max, masked_mean
+
+
+def select_layer(outputs: Mapping[str, Any], layer: int) -> tf.Tensor:
+    """Token states of encoder layer `layer` (negative counts from the top; -1 = last)."""
+    layers = outputs["encoder_outputs"]
+    if not -len(layers) <= layer < len(layers):
+        raise ValueError(f"layer {layer} does not exist; the encoder has {len(layers)} layers")
+    return layers[layer]
+
+
+def pool_tokens(states: tf.Tensor, mask: tf.Tensor, pooling: Pooling | str) -> tf.Tensor:
+    """[batch, tokens, features] -> [batch, features] with a token-level pooling."""
+    if pooling == Pooling.cls:
+        return cls_token(states)
+    if pooling == Pooling.mean:
+        return masked_mean(states, mask)
+    if pooling == Pooling.max:
+        return masked_max(states, mask)
+    raise ValueError(f"pooling {pooling!r} is not a token pooling")
+
+
+def pool_encoder_outputs(
+    outputs: Mapping[str, Any], mask: tf.Tensor, layer: int, pooling: Pooling | str
+) -> tf.Tensor:
+    """The feature vector a (layer, pooling) choice names; `pooled` is the encoder's pooler."""
+    if pooling == Pooling.pooled:
+        return outputs["pooled_output"]
+    return pool_tokens(select_layer(outputs, layer), mask, pooling)
+
+
+@dataclass
+class LoadedEncoder:
+    """A preprocessor/encoder SavedModel pair, loaded once and reused for every batch."""
+
+    preprocessor: Any
+    encoder: Any
+
+    @classmethod
+    def load(cls, preprocessor: str | Path, encoder: str | Path) -> LoadedEncoder:
+        import tensorflow_text  # noqa: F401  (registers the ops the preprocessor uses)
+
+        return cls(tf.saved_model.load(str(preprocessor)), tf.saved_model.load(str(encoder)))
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, tf.Tensor]:
+        """Encoder inputs padded to the batch's longest text."""
+        return self.preprocessor.tokenize_for_dynamic_padding(tf.constant(list(texts)))
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
+    """Index batches of similar lengths, so padding costs little; longest first to fail fast."""
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def encode_texts(
+    loaded: LoadedEncoder,
+    texts: Sequence[str],
+    features: Callable[[Mapping[str, Any], tf.Tensor], tf.Tensor],
+    batch_size: int = 64,
+) -> np.ndarray:
+    """`features(encoder_outputs, mask)` for every text, in input order, as float32 [n, dim]."""
+    if not texts:
+        raise ValueError("no texts to encode")
+
+    @tf.function(reduce_retracing=True)
+    def run(inputs: dict[str, tf.Tensor]) -> tf.Tensor:
+        return features(loaded.encoder(inputs, training=False), inputs["input_mask"])
+
+    # Character length orders texts well enough for batching; exact token counts would cost a pass.
+    batches = length_sorted_batches([len(t) for t in texts], batch_size)
+    result: np.ndarray | None = None
+    for index in batches:
+        vectors = run(loaded.tokenize([texts[i] for i in index])).numpy()
+        if result is None:
+            result = np.empty((len(texts), vectors.shape[1]), np.float32)
+        result[index] = vectors
+    assert result is not None
+    return result

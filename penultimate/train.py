@@ -1,0 +1,348 @@
+"""Training: validate a TrainConfig against its dataset and encoder, train the classifier (on cached
+encoder features when the encoder cannot change, else end to end), evaluate, and save the model.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import tensorflow as tf
+import tf_keras
+
+from penultimate.artifacts import ArtifactRef, Stage
+from penultimate.classifier import HeadModel, TextClassifier, WarmupLinearDecay
+from penultimate.config import ClassWeights, TrainConfig
+from penultimate.errors import InputError
+from penultimate.evaluation import classification_metrics, plot_confusion_matrix
+from penultimate.features import LoadedEncoder, encode_texts, length_sorted_batches, pool_encoder_outputs
+
+MODEL_STAGE = Stage("model", "1")
+FEATURES_STAGE = Stage("features", "1")
+CLASSIFIER_FILE = "classifier.json"
+WEIGHTS = "weights/classifier"
+FEATURE_SPLITS = ("train", "val", "test")
+# Batches are sorted by length within windows of this many batches: little padding, still shuffled.
+_SORT_WINDOW_BATCHES = 20
+
+
+class TrainInputError(InputError):
+    """The config does not fit the dataset or the encoder; the message names the field."""
+
+
+@dataclass(frozen=True)
+class EncoderPaths:
+    """Where the preprocessor and encoder SavedModels (or TF-Hub handles) are."""
+
+    preprocessor: str
+    encoder: str
+
+
+@dataclass(frozen=True)
+class EncoderShape:
+    num_layers: int
+    hidden_size: int
+
+    @classmethod
+    def probe(cls, loaded: LoadedEncoder) -> EncoderShape:
+        outputs = loaded.encoder(loaded.tokenize(["probe"]), training=False)
+        return cls(len(outputs["encoder_outputs"]), int(outputs["sequence_output"].shape[-1]))
+
+
+@dataclass(frozen=True)
+class LabelSpace:
+    names: list[str]
+
+    def encode(self, labels: pl.Series) -> np.ndarray:
+        index = {name: i for i, name in enumerate(self.names)}
+        return np.array([index[label] for label in labels], np.int32)
+
+
+def uses_feature_cache(config: TrainConfig) -> bool:
+    """With the encoder frozen and no dropout before pooling, its output never changes: compute
+    the pooled features once and train the head on them."""
+    return config.trained_top_blocks == 0 and not any(d.at == "sequence" for d in config.dropout)
+
+
+def validate_training_inputs(
+    config: TrainConfig, dataset: ArtifactRef, frame: pl.DataFrame, shape: EncoderShape
+) -> LabelSpace:
+    """Check the config against the data and the encoder before any compute."""
+    if "label" not in frame.columns:
+        raise TrainInputError(f"dataset {dataset.uri} has no label column; training needs labels")
+    counts = dict(frame.group_by("split").len().iter_rows())
+    for split in ("train", "val"):
+        if not counts.get(split):
+            raise TrainInputError(f"dataset {dataset.uri} has no rows in the {split!r} split")
+    classes = sorted(frame.filter(pl.col("split") == "train")["label"].unique().to_list())
+    if len(classes) < 2:
+        raise TrainInputError(
+            f"dataset {dataset.uri}: the train split has a single class {classes}; need >= 2"
+        )
+    unseen = set(frame["label"].unique()) - set(classes)
+    if unseen:
+        raise TrainInputError(f"dataset {dataset.uri}: labels {sorted(unseen)} are not in train")
+    if not -shape.num_layers <= config.layer < shape.num_layers:
+        raise TrainInputError(
+            f"layer: {config.layer} does not exist; the encoder has {shape.num_layers} layers"
+        )
+    if config.trained_top_blocks and config.trained_top_blocks > shape.num_layers:
+        raise TrainInputError(
+            f"freeze: {config.freeze} but the encoder has {shape.num_layers} blocks"
+        )
+    for index, spec in enumerate(config.dropout):
+        width = _width_at(spec.at, config, shape)
+        if spec.columns and max(spec.columns) >= width:
+            raise TrainInputError(
+                f"dropout[{index}].columns: {sorted(c for c in spec.columns if c >= width)} out of "
+                f"range for {width} features at {spec.at}"
+            )
+    return LabelSpace(classes)
+
+
+def _width_at(at: str, config: TrainConfig, shape: EncoderShape) -> int:
+    if at.startswith("hidden:"):
+        return config.hidden[int(at.split(":")[1])].units
+    if at == "head" and config.hidden:
+        return config.hidden[-1].units
+    return shape.hidden_size
+
+
+def compute_features(
+    loaded: LoadedEncoder, frame: pl.DataFrame, config: TrainConfig, out: Path, batch_size: int = 64
+) -> dict[str, Any]:
+    """Pooled encoder features per split as `<split>.npy` (row order = dataset order)."""
+    rows = {}
+    for split in FEATURE_SPLITS:
+        texts = frame.filter(pl.col("split") == split)["text"].to_list()
+        if not texts:
+            continue
+        vectors = encode_texts(
+            loaded,
+            texts,
+            lambda o, m: pool_encoder_outputs(o, m, config.layer, config.pooling),
+            batch_size,
+        )
+        np.save(out / f"{split}.npy", vectors)
+        rows[split] = len(texts)
+    return {"rows": rows, "layer": config.layer, "pooling": str(config.pooling)}
+
+
+def _class_weights(config: TrainConfig, y: np.ndarray, num_classes: int) -> dict[int, float] | None:
+    if config.class_weights == ClassWeights.none:
+        return None
+    counts = np.bincount(y, minlength=num_classes)
+    return {c: float(len(y) / (num_classes * max(n, 1))) for c, n in enumerate(counts)}
+
+
+def _optimizer(peak: float, config: TrainConfig, total_steps: int) -> tf_keras.optimizers.Optimizer:
+    schedule = WarmupLinearDecay(peak, int(config.warmup_fraction * total_steps), total_steps)
+    optimizer = tf_keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config.weight_decay)
+    optimizer.exclude_from_weight_decay(var_names=["bias", "layer_norm", "gamma", "beta"])
+    return optimizer
+
+
+def _loss_and_metrics(num_classes: int) -> dict[str, Any]:
+    if num_classes == 2:
+        return {
+            "loss": tf_keras.losses.BinaryCrossentropy(from_logits=True),
+            "metrics": [tf_keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.0)],
+        }
+    return {
+        "loss": tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        "metrics": [tf_keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+    }
+
+
+def logits_to_probabilities(logits: np.ndarray) -> np.ndarray:
+    """[n, 1] sigmoid logits or [n, C] softmax logits -> [n, C] class probabilities."""
+    if logits.shape[1] == 1:
+        positive = 1.0 / (1.0 + np.exp(-logits[:, 0]))
+        return np.stack([1.0 - positive, positive], axis=1)
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+class _EpochLog(tf_keras.callbacks.Callback):
+    def __init__(self, log: Callable[[str], None], epochs: int) -> None:
+        super().__init__()
+        self._log, self._epochs = log, epochs
+
+    def on_epoch_end(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted((logs or {}).items()) if k != "lr")
+        self._log(f"epoch {epoch + 1}/{self._epochs}: {shown}")
+
+
+def token_batches(
+    loaded: LoadedEncoder,
+    texts: Sequence[str],
+    labels: np.ndarray,
+    batch_size: int,
+    seed: int | None,
+) -> tf.data.Dataset:
+    """Batches of encoder inputs padded to their own longest text; shuffled per epoch if seeded."""
+    lengths = [len(t) for t in texts]
+    epoch = [0]
+
+    def generate() -> Iterator[tuple[dict[str, tf.Tensor], np.ndarray]]:
+        if seed is None:
+            batches = length_sorted_batches(lengths, batch_size)
+        else:
+            rng = np.random.default_rng(seed + epoch[0])
+            epoch[0] += 1
+            order = rng.permutation(len(texts))
+            window = batch_size * _SORT_WINDOW_BATCHES
+            batches = []
+            for start in range(0, len(order), window):
+                chunk = order[start : start + window]
+                chunk = chunk[np.argsort([-lengths[i] for i in chunk], kind="stable")]
+                batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+            rng.shuffle(batches)
+        for index in batches:
+            yield loaded.tokenize([texts[i] for i in index]), labels[index]
+
+    spec = tf.TensorSpec([None, None], tf.int32)
+    return tf.data.Dataset.from_generator(
+        generate,
+        output_signature=(
+            {"input_word_ids": spec, "input_mask": spec, "input_type_ids": spec},
+            tf.TensorSpec([None], tf.int32),
+        ),
+    )
+
+
+def build_classifier(
+    paths: EncoderPaths, config: TrainConfig, labels: LabelSpace, shape: EncoderShape, loaded: LoadedEncoder
+) -> TextClassifier:
+    """A classifier with all weights created (by one call on a probe input)."""
+    model = TextClassifier(paths.encoder, config, len(labels.names), shape.num_layers)
+    model(loaded.tokenize(["probe"]), training=False)
+    return model
+
+
+def train_classifier(
+    config: TrainConfig,
+    frame: pl.DataFrame,
+    labels: LabelSpace,
+    paths: EncoderPaths,
+    loaded: LoadedEncoder,
+    shape: EncoderShape,
+    out: Path,
+    features: Path | None,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """Train, evaluate on the test split, and write weights, history, metrics and plots to `out`."""
+    tf_keras.utils.set_random_seed(config.seed)
+    splits = {s: frame.filter(pl.col("split") == s) for s in FEATURE_SPLITS}
+    y = {s: labels.encode(part["label"]) for s, part in splits.items()}
+    model = build_classifier(paths, config, labels, shape, loaded)
+    steps = -(-len(y["train"]) // config.batch_size) * config.epochs
+    callbacks: list[tf_keras.callbacks.Callback] = [
+        _EpochLog(log, config.epochs),
+        tf_keras.callbacks.TensorBoard(log_dir=str(out / "tensorboard"), profile_batch=0),
+    ]
+    if config.early_stopping_patience:
+        callbacks.append(
+            tf_keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=config.early_stopping_patience, restore_best_weights=True
+            )
+        )
+    fit_options = {
+        "epochs": config.epochs,
+        "class_weight": _class_weights(config, y["train"], len(labels.names)),
+        "callbacks": callbacks,
+        "verbose": 0,
+    }
+    if features is not None:
+        log("training the head on cached encoder features")
+        x = {s: np.load(features / f"{s}.npy") for s in FEATURE_SPLITS if len(y[s])}
+        head = HeadModel(model)
+        head.compile(optimizer=_optimizer(config.learning_rate, config, steps), **_loss_and_metrics(len(labels.names)))
+        history = head.fit(
+            x["train"], y["train"], batch_size=config.batch_size, shuffle=True,
+            validation_data=(x["val"], y["val"]), **fit_options,
+        )
+        test_logits = head.predict(x["test"], batch_size=256, verbose=0) if len(y["test"]) else None
+    else:
+        log(f"fine-tuning end to end (freeze: {config.freeze})")
+        encoder_optimizer = (
+            _optimizer(config.encoder_learning_rate, config, steps)
+            if config.trained_top_blocks != 0
+            else None
+        )
+        model.compile_with_optimizers(
+            _optimizer(config.learning_rate, config, steps), encoder_optimizer,
+            **_loss_and_metrics(len(labels.names)),
+        )
+        texts = {s: part["text"].to_list() for s, part in splits.items()}
+        history = model.fit(
+            token_batches(loaded, texts["train"], y["train"], config.batch_size, config.seed),
+            validation_data=token_batches(loaded, texts["val"], y["val"], 64, None),
+            **fit_options,
+        )
+        test_logits = (
+            predict_logits(model, loaded, texts["test"]) if len(y["test"]) else None
+        )
+    model.save_weights(str(out / WEIGHTS))
+    metrics: dict[str, Any] = {"epochs_run": len(history.history.get("loss", []))}
+    if test_logits is not None:
+        probabilities = logits_to_probabilities(np.asarray(test_logits))
+        metrics["test"] = classification_metrics(y["test"], probabilities, labels.names)
+        plot_confusion_matrix(metrics["test"]["confusion_matrix"], labels.names, out / "confusion_matrix.png")
+    (out / "history.json").write_text(json.dumps(_plain_history(history.history), indent=2))
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def predict_logits(model: TextClassifier, loaded: LoadedEncoder, texts: Sequence[str]) -> np.ndarray:
+    """Inference logits in input order, with length-sorted dynamic padding."""
+    result = np.empty((len(texts), model.output_layer.units), np.float32)
+    for index in length_sorted_batches([len(t) for t in texts], 64):
+        result[index] = model(loaded.tokenize([texts[i] for i in index]), training=False).numpy()
+    return result
+
+
+def _plain_history(history: Mapping[str, list[Any]]) -> dict[str, list[float]]:
+    return {k: [float(v) for v in values] for k, values in history.items()}
+
+
+def write_classifier_info(
+    out: Path, config: TrainConfig, labels: LabelSpace, paths: EncoderPaths, shape: EncoderShape
+) -> None:
+    info = {
+        "train_config": config.model_dump(mode="json"),
+        "labels": labels.names,
+        "preprocessor": paths.preprocessor,
+        "encoder": paths.encoder,
+        "num_layers": shape.num_layers,
+        "hidden_size": shape.hidden_size,
+    }
+    (out / CLASSIFIER_FILE).write_text(json.dumps(info, indent=2))
+
+
+@dataclass
+class TrainedClassifier:
+    """A model artifact loaded back: the Keras classifier with its weights, and what it needs."""
+
+    model: TextClassifier
+    loaded: LoadedEncoder
+    labels: LabelSpace
+    config: TrainConfig
+    paths: EncoderPaths
+
+    @classmethod
+    def load(cls, model_dir: Path) -> TrainedClassifier:
+        info = json.loads((model_dir / CLASSIFIER_FILE).read_text())
+        config = TrainConfig.model_validate(info["train_config"])
+        paths = EncoderPaths(info["preprocessor"], info["encoder"])
+        loaded = LoadedEncoder.load(paths.preprocessor, paths.encoder)
+        labels = LabelSpace(info["labels"])
+        shape = EncoderShape(info["num_layers"], info["hidden_size"])
+        model = build_classifier(paths, config, labels, shape, loaded)
+        model.load_weights(str(model_dir / WEIGHTS)).expect_partial()
+        return cls(model, loaded, labels, config, paths)

@@ -1,0 +1,37 @@
+"""Export task: a model artifact -> a verified SavedModel artifact serving raw strings.
+
+The manifest records the signatures with their shapes and the verification diffs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from prefect import get_run_logger
+
+from penultimate.artifacts import ArtifactRef, ArtifactStore
+from penultimate.config import ExportConfig
+from penultimate.export import EXPORT_STAGE, export_classifier
+from penultimate.ingest import read_dataset
+from penultimate.train import TrainedClassifier
+from tasks.caching import artifact_task
+
+
+@artifact_task(EXPORT_STAGE, name="export-classifier")
+def export_model(
+    config: ExportConfig, model: ArtifactRef, dataset: ArtifactRef, store_root: str
+) -> ArtifactRef:
+    """Save, reload in a fresh process, compare; publish only a SavedModel that passes."""
+    trained = TrainedClassifier.load(model.path)
+    frame = read_dataset(dataset)
+    probe = frame.filter(pl.col("split") != "train").head(config.verify_texts)["text"].to_list()
+    logger = get_run_logger()
+
+    def write(out: Path) -> dict[str, Any]:
+        report = export_classifier(trained, out, probe)
+        logger.info("export verified: %s", report["max_abs_diff"])
+        return report
+
+    return ArtifactStore(store_root).publish(EXPORT_STAGE, config, write, [model, dataset])
