@@ -18,9 +18,7 @@ from tasks.train import check_training_inputs, encode_features, train_model
 def train(config: TrainConfig, dataset: ArtifactRef, store_root: str | None = None) -> ArtifactRef:
     """Build the encoder (cached), check inputs, cache features if frozen, train and evaluate."""
     root = str(ArtifactStore(store_root).root)
-    encoder = (
-        None if config.hub_encoder else build_encoder(config=config.encoder, store_root=root)
-    )
+    encoder = None if config.hub_encoder else build_encoder(config=config.encoder, store_root=root)
     labels = check_training_inputs(config=config, dataset=dataset, encoder=encoder)
     features = (
         encode_features(config=config, dataset=dataset, encoder=encoder, store_root=root)
@@ -28,6 +26,10 @@ def train(config: TrainConfig, dataset: ArtifactRef, store_root: str | None = No
         else None
     )
     return train_model(
-        config=config, dataset=dataset, encoder=encoder, features=features, labels=labels,
+        config=config,
+        dataset=dataset,
+        encoder=encoder,
+        features=features,
+        labels=labels,
         store_root=root,
     )

@@ -41,7 +41,11 @@ class WarmupLinearDecay(tf_keras.optimizers.schedules.LearningRateSchedule):
         return self.peak * tf.clip_by_value(tf.minimum(warm, decay), 0.0, 1.0)
 
     def get_config(self) -> dict[str, Any]:
-        return {"peak": self.peak, "warmup_steps": self.warmup_steps, "total_steps": self.total_steps}
+        return {
+            "peak": self.peak,
+            "warmup_steps": self.warmup_steps,
+            "total_steps": self.total_steps,
+        }
 
 
 def trainable_encoder_variables(
@@ -139,7 +143,7 @@ class TextClassifier(tf_keras.Model):
         return pool_encoder_outputs({"encoder_outputs": [states]}, mask, 0, config.pooling)
 
     def penultimate(self, features: tf.Tensor, dropout: bool) -> tf.Tensor:
-        """From pooled encoder features to the input of the head dropout (the embedding we serve)."""
+        """Pooled encoder features to the head dropout's input: the embedding we serve."""
         x = self._drop("pooled", features, dropout)
         for index, dense in enumerate(self.hidden_layers):
             x = self._drop(f"hidden:{index}", dense(x), dropout)

@@ -127,9 +127,7 @@ class StructuredDropout(tf_keras.layers.Layer):
                 raise ValueError("columns needs a known feature size (last input axis), got None")
             out_of_range = [i for i in self.columns if i >= size]
             if out_of_range:
-                raise ValueError(
-                    f"columns {out_of_range} are out of range for feature size {size}"
-                )
+                raise ValueError(f"columns {out_of_range} are out of range for feature size {size}")
             named = set(self.columns)
             self._selected_columns = tuple(i in named for i in range(size))
         super().build(input_shape)

@@ -47,7 +47,9 @@ def classification_metrics(
     return result
 
 
-def plot_confusion_matrix(matrix: Sequence[Sequence[int]], names: Sequence[str], path: Path) -> None:
+def plot_confusion_matrix(
+    matrix: Sequence[Sequence[int]], names: Sequence[str], path: Path
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -58,7 +60,9 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], names: Sequence[str],
     axes.imshow(values, cmap="Blues")
     for (row, col), count in np.ndenumerate(values):
         dark = count > values.max() / 2
-        axes.text(col, row, str(count), ha="center", va="center", color="white" if dark else "black")
+        axes.text(
+            col, row, str(count), ha="center", va="center", color="white" if dark else "black"
+        )
     axes.set_xticks(range(len(names)), names)
     axes.set_yticks(range(len(names)), names)
     axes.set_xlabel("predicted")

@@ -32,7 +32,7 @@ class ExportVerificationError(RuntimeError):
 
 
 def encode_output_names(num_layers: int) -> list[str]:
-    """`encode` signature keys: `layer_<i>_<pooling>` for every layer and token pooling, `pooled`."""
+    """`encode` keys: `layer_<i>_<pooling>` per layer and token pooling, plus `pooled`."""
     return [f"layer_{i}_{p}" for i in range(num_layers) for p in TOKEN_POOLINGS] + ["pooled"]
 
 
@@ -90,8 +90,10 @@ class ClassifierServing(tf.Module):
         return {"mean": tf.reduce_mean(draws, axis=0), "std": tf.math.reduce_std(draws, axis=0)}
 
 
-def export_classifier(trained: TrainedClassifier, out: Path, probe_texts: list[str]) -> dict[str, Any]:
-    """Save the SavedModel into `out/saved_model`, verify it in a fresh process, return the report."""
+def export_classifier(
+    trained: TrainedClassifier, out: Path, probe_texts: list[str]
+) -> dict[str, Any]:
+    """Save into `out/saved_model`, verify in a fresh process, and return the report."""
     module = ClassifierServing(trained)
     signatures = {
         "serving_default": module.serve,
@@ -134,7 +136,9 @@ def verify_export(trained: TrainedClassifier, saved: Path, texts: list[str]) -> 
         report = json.loads(report_file.read_text())
     failures = {k: v for k, v in report["max_abs_diff"].items() if v > TOLERANCE}
     if failures:
-        raise ExportVerificationError(f"reloaded SavedModel differs (tolerance {TOLERANCE}): {failures}")
+        raise ExportVerificationError(
+            f"reloaded SavedModel differs (tolerance {TOLERANCE}): {failures}"
+        )
     return report
 
 

@@ -20,7 +20,12 @@ from penultimate.classifier import HeadModel, TextClassifier, WarmupLinearDecay
 from penultimate.config import ClassWeights, TrainConfig
 from penultimate.errors import InputError
 from penultimate.evaluation import classification_metrics, plot_confusion_matrix
-from penultimate.features import LoadedEncoder, encode_texts, length_sorted_batches, pool_encoder_outputs
+from penultimate.features import (
+    LoadedEncoder,
+    encode_texts,
+    length_sorted_batches,
+    pool_encoder_outputs,
+)
 
 MODEL_STAGE = Stage("model", "1")
 FEATURES_STAGE = Stage("features", "1")
@@ -217,7 +222,11 @@ def token_batches(
 
 
 def build_classifier(
-    paths: EncoderPaths, config: TrainConfig, labels: LabelSpace, shape: EncoderShape, loaded: LoadedEncoder
+    paths: EncoderPaths,
+    config: TrainConfig,
+    labels: LabelSpace,
+    shape: EncoderShape,
+    loaded: LoadedEncoder,
 ) -> TextClassifier:
     """A classifier with all weights created (by one call on a probe input)."""
     model = TextClassifier(paths.encoder, config, len(labels.names), shape.num_layers)
@@ -249,7 +258,9 @@ def train_classifier(
     if config.early_stopping_patience:
         callbacks.append(
             tf_keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=config.early_stopping_patience, restore_best_weights=True
+                monitor="val_loss",
+                patience=config.early_stopping_patience,
+                restore_best_weights=True,
             )
         )
     fit_options = {
@@ -262,10 +273,17 @@ def train_classifier(
         log("training the head on cached encoder features")
         x = {s: np.load(features / f"{s}.npy") for s in FEATURE_SPLITS if len(y[s])}
         head = HeadModel(model)
-        head.compile(optimizer=_optimizer(config.learning_rate, config, steps), **_loss_and_metrics(len(labels.names)))
+        head.compile(
+            optimizer=_optimizer(config.learning_rate, config, steps),
+            **_loss_and_metrics(len(labels.names)),
+        )
         history = head.fit(
-            x["train"], y["train"], batch_size=config.batch_size, shuffle=True,
-            validation_data=(x["val"], y["val"]), **fit_options,
+            x["train"],
+            y["train"],
+            batch_size=config.batch_size,
+            shuffle=True,
+            validation_data=(x["val"], y["val"]),
+            **fit_options,
         )
         test_logits = head.predict(x["test"], batch_size=256, verbose=0) if len(y["test"]) else None
     else:
@@ -276,7 +294,8 @@ def train_classifier(
             else None
         )
         model.compile_with_optimizers(
-            _optimizer(config.learning_rate, config, steps), encoder_optimizer,
+            _optimizer(config.learning_rate, config, steps),
+            encoder_optimizer,
             **_loss_and_metrics(len(labels.names)),
         )
         texts = {s: part["text"].to_list() for s, part in splits.items()}
@@ -285,21 +304,23 @@ def train_classifier(
             validation_data=token_batches(loaded, texts["val"], y["val"], 64, None),
             **fit_options,
         )
-        test_logits = (
-            predict_logits(model, loaded, texts["test"]) if len(y["test"]) else None
-        )
+        test_logits = predict_logits(model, loaded, texts["test"]) if len(y["test"]) else None
     model.save_weights(str(out / WEIGHTS))
     metrics: dict[str, Any] = {"epochs_run": len(history.history.get("loss", []))}
     if test_logits is not None:
         probabilities = logits_to_probabilities(np.asarray(test_logits))
         metrics["test"] = classification_metrics(y["test"], probabilities, labels.names)
-        plot_confusion_matrix(metrics["test"]["confusion_matrix"], labels.names, out / "confusion_matrix.png")
+        plot_confusion_matrix(
+            metrics["test"]["confusion_matrix"], labels.names, out / "confusion_matrix.png"
+        )
     (out / "history.json").write_text(json.dumps(_plain_history(history.history), indent=2))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 
 
-def predict_logits(model: TextClassifier, loaded: LoadedEncoder, texts: Sequence[str]) -> np.ndarray:
+def predict_logits(
+    model: TextClassifier, loaded: LoadedEncoder, texts: Sequence[str]
+) -> np.ndarray:
     """Inference logits in input order, with length-sorted dynamic padding."""
     result = np.empty((len(texts), model.output_layer.units), np.float32)
     for index in length_sorted_batches([len(t) for t in texts], 64):

@@ -95,8 +95,15 @@ def train_model(
 
     def write(out: Path) -> dict[str, Any]:
         metrics = train_classifier(
-            config, frame, label_space, paths, loaded, shape, out,
-            features.path if features else None, logger.info,
+            config,
+            frame,
+            label_space,
+            paths,
+            loaded,
+            shape,
+            out,
+            features.path if features else None,
+            logger.info,
         )
         write_classifier_info(out, config, label_space, paths, shape)
         return metrics
@@ -127,8 +134,13 @@ def _publish_metrics(ref: ArtifactRef, metrics: dict[str, Any]) -> None:
             f"# Classifier `{ref.key}`\n\n- location: `{ref.uri}`\n- epochs run: "
             f"{metrics['epochs_run']}\n"
             + "".join(f"- {n}: {test[n]:.4f}\n" for n in names if test[n] is not None)
-            + "\n| true \\ predicted | " + " | ".join(test["labels"]) + " |\n|---|"
-            + "---|" * len(test["labels"]) + "\n" + matrix + "\n"
+            + "\n| true \\ predicted | "
+            + " | ".join(test["labels"])
+            + " |\n|---|"
+            + "---|" * len(test["labels"])
+            + "\n"
+            + matrix
+            + "\n"
         ),
         description="Test metrics and confusion matrix",
     )

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-import penultimate  # noqa: F401  (selects tf-keras before TensorFlow is imported)
 import tensorflow as tf
 import tf_keras
+
+import penultimate  # noqa: F401  (selects tf-keras before TensorFlow is imported)
 from penultimate.dropout import MASK_MODES, StructuredDropout
 
 BATCH, TOKENS, FEATURES, RATE = 64, 20, 48, 0.3
