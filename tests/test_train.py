@@ -1,0 +1,114 @@
+"""Training: config validation naming the field, checks against data and encoder before compute,
+encoder freezing that leaves frozen weights bit-identical, and the train flow end to end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import tensorflow as tf
+import tf_keras
+
+from penultimate.artifacts import ArtifactRef
+from penultimate.classifier import TextClassifier
+from penultimate.config import TrainConfig
+from penultimate.encoders.bert_convert import EncoderPair
+from penultimate.features import LoadedEncoder
+from penultimate.train import EncoderShape, TrainInputError, validate_training_inputs
+
+SHAPE = EncoderShape(num_layers=6, hidden_size=384)
+DATASET = ArtifactRef(stage="dataset", key="k", uri="/store/dataset/k")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"dropout": [{"rate": 1.0}]}, "dropout.0.rate"),
+        ({"dropout": [{"at": "pooled", "mask": "feature"}]}, "needs a token axis"),
+        ({"dropout": [{"at": "head", "mask": "token"}]}, "needs a token axis"),
+        ({"dropout": [{"at": "hidden:1"}], "hidden": [{"units": 8}]}, r"dropout\[0\]\.at"),
+        ({"dropout": [{"at": "middle"}]}, "dropout.0.at"),
+        ({"dropout": [{"columns": [-1, 2]}]}, "non-negative"),
+        ({"freeze": "top:two"}, "freeze"),
+        ({"pooling": "pooled", "layer": -2}, "use layer: -1"),
+        ({"hub_encoder": "some/path"}, "go together"),
+    ],
+)
+def test_config_errors_name_the_field(overrides: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        TrainConfig.model_validate(overrides)
+
+
+def frame(labels: list[str], splits: list[str]) -> pl.DataFrame:
+    n = len(labels)
+    return pl.DataFrame(
+        {"id": [str(i) for i in range(n)], "text": ["t"] * n, "label": labels, "split": splits}
+    )
+
+
+def test_inputs_checked_against_data_and_encoder() -> None:
+    good = frame(["a", "b", "a", "b"], ["train", "train", "val", "test"])
+    assert validate_training_inputs(TrainConfig(), DATASET, good, SHAPE).names == ["a", "b"]
+    single = frame(["a", "a", "a"], ["train", "train", "val"])
+    with pytest.raises(TrainInputError, match="single class"):
+        validate_training_inputs(TrainConfig(), DATASET, single, SHAPE)
+    no_val = frame(["a", "b"], ["train", "train"])
+    with pytest.raises(TrainInputError, match="no rows in the 'val' split"):
+        validate_training_inputs(TrainConfig(), DATASET, no_val, SHAPE)
+    with pytest.raises(TrainInputError, match="layer: 6 does not exist"):
+        validate_training_inputs(TrainConfig(layer=6), DATASET, good, SHAPE)
+    wide = TrainConfig.model_validate({"dropout": [{"at": "pooled", "columns": [3, 384, 500]}]})
+    with pytest.raises(TrainInputError, match=r"dropout\[0\]\.columns: \[384, 500\]"):
+        validate_training_inputs(wide, DATASET, good, SHAPE)
+    hidden = TrainConfig.model_validate(
+        {"hidden": [{"units": 16}], "dropout": [{"at": "head", "columns": [16]}]}
+    )
+    with pytest.raises(TrainInputError, match="16 features at head"):
+        validate_training_inputs(hidden, DATASET, good, SHAPE)
+    with pytest.raises(TrainInputError, match="no label column"):
+        validate_training_inputs(TrainConfig(), DATASET, good.drop("label"), SHAPE)
+
+
+def fit_one_epoch(pair: EncoderPair, freeze: str) -> tuple[dict[str, np.ndarray], TextClassifier]:
+    config = TrainConfig(freeze=freeze, learning_rate=1e-2, encoder_learning_rate=1e-3)
+    loaded = LoadedEncoder.load(pair.preprocessor, pair.encoder)
+    model = TextClassifier(str(pair.encoder), config, num_classes=2, num_layers=6)
+    texts = [
+        f"message number {i} about {'cheap pills' if i % 2 else 'the meeting'}" for i in range(16)
+    ]
+    inputs = loaded.tokenize(texts)
+    model(inputs)
+    before = {v.name: v.numpy().copy() for v in model.encoder.weights}
+    model.compile_with_optimizers(
+        tf_keras.optimizers.AdamW(1e-2),
+        tf_keras.optimizers.AdamW(1e-3) if freeze != "all" else None,
+        loss=tf_keras.losses.BinaryCrossentropy(from_logits=True),
+    )
+    labels = np.array([i % 2 for i in range(16)], np.int32)
+    model.fit(
+        tf.data.Dataset.from_tensor_slices((dict(inputs), labels)).batch(8), epochs=1, verbose=0
+    )
+    return before, model
+
+
+def test_freeze_top_n_trains_only_the_top_blocks_and_pooler(minilm_pair: Path) -> None:
+    before, model = fit_one_epoch(EncoderPair(minilm_pair), "top:2")
+    changed = {
+        v.name for v in model.encoder.weights if not np.array_equal(v.numpy(), before[v.name])
+    }
+    frozen = {n for n in before if not any(f"layer_{i}/" in n for i in (4, 5))}
+    assert changed, "no encoder variable changed"
+    assert all("layer_4/" in n or "layer_5/" in n for n in changed), sorted(changed)
+    assert not changed & frozen
+    assert any("layer_4/" in n for n in changed) and any("layer_5/" in n for n in changed)
+
+
+def test_freeze_all_leaves_the_encoder_bit_identical(minilm_pair: Path) -> None:
+    before, model = fit_one_epoch(EncoderPair(minilm_pair), "all")
+    for variable in model.encoder.weights:
+        np.testing.assert_array_equal(
+            variable.numpy(), before[variable.name], err_msg=variable.name
+        )
+    assert not model.encoder.trainable_weights
