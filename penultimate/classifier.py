@@ -103,7 +103,7 @@ class TextClassifier(tf_keras.Model):
         if isinstance(encoder, str):
             encoder = hub.KerasLayer(encoder, trainable=config.trained_top_blocks != 0)
         self.encoder = encoder
-        self.dropouts: dict[str, list[StructuredDropout]] = {}
+        dropouts: dict[str, list[StructuredDropout]] = {}
         for index, spec in enumerate(config.dropout):
             layer = StructuredDropout(
                 spec.rate,
@@ -112,7 +112,9 @@ class TextClassifier(tf_keras.Model):
                 seed=config.seed + index,
                 name=f"dropout_{index}_{spec.at.replace(':', '_')}",
             )
-            self.dropouts.setdefault(spec.at, []).append(layer)
+            dropouts.setdefault(spec.at, []).append(layer)
+        # Assigned once, complete: Keras tracks attribute containers and rejects later mutation.
+        self.dropouts = dropouts
         self.hidden_layers = [
             tf_keras.layers.Dense(h.units, activation=h.activation, name=f"hidden_{i}")
             for i, h in enumerate(config.hidden)

@@ -90,3 +90,14 @@ def task_run_states(flow_state: object) -> dict[str, str]:
             limit=200,
         )
     return {run.name.rsplit("-", 1)[0]: run.state.name for run in runs}
+
+
+def prefect_artifact_keys(api_url: str) -> set[str]:
+    """Keys of the Prefect artifacts the server holds (via the REST API the UI uses)."""
+    import httpx
+
+    response = httpx.post(
+        f"{api_url}/artifacts/filter", json={"limit": 200, "sort": "CREATED_DESC"}, timeout=30
+    )
+    response.raise_for_status()
+    return {artifact["key"] for artifact in response.json() if artifact.get("key")}

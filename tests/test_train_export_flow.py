@@ -1,0 +1,141 @@
+"""Train and export flows against a real Prefect server, the real encoder and a corpus slice:
+artifacts, caching (incl. the shared feature cache), fine-tuning, and the exported SavedModel."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import prefect_artifact_keys, task_run_states
+from flows.export import export
+from flows.ingest import ingest
+from flows.train import train
+from penultimate.artifacts import ArtifactRef, ArtifactStore
+from penultimate.config import IngestConfig, TrainConfig
+from penultimate.export import encode_output_names
+from penultimate.train import TrainedClassifier
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+NO_DROPOUT = TrainConfig.model_validate({"epochs": 2, "dropout": [{"at": "head", "rate": 0.0}]})
+WITH_DROPOUT = TrainConfig.model_validate(
+    {
+        "epochs": 2,
+        "hidden": [{"units": 32}],
+        "dropout": [
+            {"at": "pooled", "rate": 0.2, "mask": "batch_shared"},
+            {"at": "head", "rate": 0.5, "columns": [0, 1, 2, 3]},
+        ],
+    }
+)
+
+
+@pytest.fixture(scope="module")
+def store(encoder_store: str, minilm_pair: Path) -> str:
+    return encoder_store  # the session's store, where the built-in encoder already is
+
+
+@pytest.fixture(scope="module")
+def dataset(corpus_slice: Path, store: str, prefect_api: str) -> ArtifactRef:
+    config = IngestConfig(source=str(corpus_slice), text_format="email", text_column="raw")
+    return ingest(config=config, store_root=store)
+
+
+def run_train(config: TrainConfig, dataset: ArtifactRef, store: str) -> tuple[ArtifactRef, dict]:
+    state = train(config=config, dataset=dataset, store_root=store, return_state=True)
+    assert state.is_completed(), state.message
+    return state.result(), task_run_states(state)
+
+
+@pytest.fixture(scope="module")
+def plain_model(dataset: ArtifactRef, store: str) -> ArtifactRef:
+    return run_train(NO_DROPOUT, dataset, store)[0]
+
+
+def test_model_artifact_holds_weights_metrics_plots_and_logs(
+    plain_model: ArtifactRef, prefect_api: str
+) -> None:
+    files = {
+        f.path for f in ArtifactStore(plain_model.path.parent.parent).validate(plain_model).files
+    }
+    assert {"classifier.json", "history.json", "metrics.json", "confusion_matrix.png"} <= files
+    assert any(f.startswith("weights/") for f in files)
+    assert any(f.startswith("tensorboard/") for f in files)
+    test = json.loads((plain_model.path / "metrics.json").read_text())["test"]
+    assert 0.5 <= test["accuracy"] <= 1 and 0 <= test["f1"] <= 1 and 0.5 <= test["roc_auc"] <= 1
+    assert sum(map(sum, test["confusion_matrix"])) == test["rows"]
+    assert {"classifier-test-metrics", "classifier-report"} <= prefect_artifact_keys(prefect_api)
+
+
+def test_rerun_is_cached_and_other_head_reuses_the_feature_cache(
+    plain_model: ArtifactRef, dataset: ArtifactRef, store: str
+) -> None:
+    again, states = run_train(NO_DROPOUT, dataset, store)
+    assert again == plain_model
+    assert states["train-classifier"] == "Cached" and states["encode-features"] == "Cached"
+    other, states = run_train(WITH_DROPOUT, dataset, store)
+    assert other.key != plain_model.key
+    assert states["encode-features"] == "Cached"  # same dataset, encoder, layer and pooling
+    assert states["train-classifier"] == "Completed"
+
+
+def test_fine_tuning_runs_end_to_end_without_feature_cache(
+    dataset: ArtifactRef, store: str
+) -> None:
+    config = TrainConfig.model_validate(
+        {
+            "epochs": 1,
+            "freeze": "top:1",
+            "encoder": {"seq_length": 32},
+            "dropout": [{"at": "sequence", "rate": 0.1, "mask": "feature"}],
+        }
+    )
+    model, states = run_train(config, dataset, store)
+    assert "encode-features" not in states
+    assert json.loads((model.path / "metrics.json").read_text())["epochs_run"] == 1
+
+
+def test_exported_model_serves_predictions_embeddings_layers_and_mc(
+    plain_model: ArtifactRef, dataset: ArtifactRef, store: str
+) -> None:
+    exported = export(model=plain_model, dataset=dataset, store_root=store)
+    manifest = ArtifactStore(store).validate(exported)
+    assert max(manifest.metrics["max_abs_diff"].values()) <= 1e-5  # checked in a fresh process
+    assert set(manifest.metrics["signatures"]) == {
+        "serving_default",
+        "embed",
+        "encode",
+        "predict_mc",
+    }
+
+    saved = tf.saved_model.load(str(exported.path / "saved_model"))
+    texts = tf.constant(["Cheap meds, click now!!!", "Minutes of Tuesday's meeting attached."])
+    served = saved.signatures["serving_default"](text=texts)["probabilities"].numpy()
+    mc = saved.signatures["predict_mc"](text=texts, samples=tf.constant(5))
+    np.testing.assert_allclose(mc["mean"].numpy(), served, atol=1e-6)  # rate 0: MC == serving
+    assert np.abs(mc["std"].numpy()).max() <= 1e-6
+    encoded = saved.signatures["encode"](text=texts)
+    assert sorted(encoded) == sorted(encode_output_names(6))
+    trained = TrainedClassifier.load(plain_model.path)
+    np.testing.assert_allclose(
+        saved.signatures["embed"](text=texts)["embedding"].numpy(),
+        trained.model.embed(trained.loaded.tokenize(texts.numpy().astype(str).tolist())).numpy(),
+        atol=1e-5,
+    )
+
+
+def test_mc_dropout_varies_while_serving_is_deterministic(dataset: ArtifactRef, store: str) -> None:
+    model, _ = run_train(WITH_DROPOUT, dataset, store)
+    exported = export(model=model, dataset=dataset, store_root=store)
+    saved = tf.saved_model.load(str(exported.path / "saved_model"))
+    texts = tf.constant(["Win a free cruise", "Re: patch for the build script"])
+    serve = saved.signatures["serving_default"]
+    np.testing.assert_array_equal(
+        serve(text=texts)["probabilities"].numpy(), serve(text=texts)["probabilities"].numpy()
+    )
+    mc = saved.signatures["predict_mc"](text=texts, samples=tf.constant(16))
+    assert mc["std"].numpy().max() > 0
