@@ -37,6 +37,14 @@ HEAD_RUNS: dict[str, list[dict[str, Any]]] = {
     "pooled sample 0.3": [{"at": "pooled", "rate": 0.3, "mask": "sample"}],
     "pooled batch_shared 0.3": [{"at": "pooled", "rate": 0.3, "mask": "batch_shared"}],
     "pooled columns 0-191 0.5": [{"at": "pooled", "rate": 0.5, "columns": list(range(192))}],
+    "hidden 256 + hidden:0 element 0.3, lr 3e-3": [{"at": "hidden:0", "rate": 0.3}],
+}
+# Extra TrainConfig fields per run, beyond its dropout.
+RUN_OPTIONS: dict[str, dict[str, Any]] = {
+    "hidden 256 + hidden:0 element 0.3, lr 3e-3": {
+        "hidden": [{"units": 256}],
+        "learning_rate": 3e-3,
+    },
 }
 SEQUENCE_RUNS: dict[str, list[dict[str, Any]]] = {
     "sequence feature 0.1 (SpatialDropout1D)": [{"at": "sequence", "rate": 0.1, "mask": "feature"}],
@@ -98,7 +106,7 @@ def main() -> None:
     head_seconds = []
     for name, dropout in HEAD_RUNS.items():
         began = time.perf_counter()
-        run(name, {"dropout": dropout, "epochs": args.epochs})
+        run(name, {"dropout": dropout, "epochs": args.epochs, **RUN_OPTIONS.get(name, {})})
         head_seconds.append(time.perf_counter() - began)
     if not args.skip_full:
         for name, dropout in SEQUENCE_RUNS.items():

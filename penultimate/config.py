@@ -216,7 +216,9 @@ class TrainConfig(_Config):
         pattern=r"^(all|none|top:\d+)$",
         description="all | none | top:<N> (train only the top N encoder blocks and the pooler)",
     )
-    learning_rate: float = Field(1e-3, gt=0, description="AdamW rate for the head.")
+    learning_rate: float = Field(
+        3e-2, gt=0, description="AdamW rate for the head (pooled MiniLM features are small-scale)."
+    )
     encoder_learning_rate: float = Field(3e-5, gt=0, description="AdamW rate for encoder blocks.")
     weight_decay: float = Field(0.01, ge=0)
     warmup_fraction: float = Field(0.1, ge=0, lt=1)
