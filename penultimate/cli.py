@@ -87,8 +87,9 @@ def _cmd_server(args: argparse.Namespace) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="penultimate",
-        description="Train text classifiers with configurable dropout, export them, extract and "
-        "cluster embeddings, as Prefect flows. Flow commands print the artifact URI last.",
+        description="Ingest a corpus, build a TF-Hub-format encoder, train a text classifier with "
+        "configurable dropout and export it as a verified SavedModel, each as a cached Prefect "
+        "flow. Flow commands print the artifact URI as their last line.",
     )
     parser.add_argument(
         "--store",

@@ -45,7 +45,14 @@ def check_training_inputs(
     paths = encoder_paths(config, encoder)
     shape = EncoderShape.probe(LoadedEncoder.load(paths.preprocessor, paths.encoder))
     labels = validate_training_inputs(config, dataset, read_dataset(dataset), shape)
-    get_run_logger().info("labels %s; encoder %s", labels.names, shape)
+    logger = get_run_logger()
+    logger.info("labels %s; encoder %s", labels.names, shape)
+    if config.hub_encoder:
+        logger.warning(
+            "third-party encoder %s: its baked-in dropout rate applies when fine-tuning; "
+            "encoder.hidden_dropout/attention_dropout are ignored",
+            config.hub_encoder,
+        )
     return labels.names
 
 

@@ -112,3 +112,46 @@ def test_freeze_all_leaves_the_encoder_bit_identical(minilm_pair: Path) -> None:
             variable.numpy(), before[variable.name], err_msg=variable.name
         )
     assert not model.encoder.trainable_weights
+
+
+def test_cli_train_names_a_bad_dataset_folder(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    config = tmp_path / "train.yaml"
+    config.write_text("epochs: 1\n")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "penultimate.cli",
+            "train",
+            "--config",
+            str(config),
+            "--dataset",
+            str(tmp_path / "dataset" / "nope"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "nope: not a complete artifact" in result.stderr
+    config.write_text("dropout: [{at: pooled, mask: token}]\n")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "penultimate.cli",
+            "train",
+            "--config",
+            str(config),
+            "--dataset",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "train.yaml" in result.stderr and "needs a token axis" in result.stderr
