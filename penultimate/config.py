@@ -266,3 +266,52 @@ class ExportConfig(_Config):
     verify_texts: int = Field(
         64, ge=8, le=4096, description="Held-out texts the reloaded SavedModel is checked on."
     )
+
+
+class EmbedSource(StrEnum):
+    penultimate = "penultimate"
+    encoder = "encoder"
+
+
+class LayerCombine(StrEnum):
+    mean = "mean"
+    concat = "concat"
+
+
+class EmbedPooling(StrEnum):
+    cls = "cls"
+    pooled = "pooled"
+    mean = "mean"
+    max = "max"
+    mean_max = "mean_max"
+
+
+class OutputDtype(StrEnum):
+    float32 = "float32"
+    float16 = "float16"
+
+
+class EmbeddingChoice(_Config):
+    """Which vector to take for each text: the classifier's penultimate features, or encoder layers
+    pooled and combined."""
+
+    source: EmbedSource = EmbedSource.encoder
+    layers: list[int] = Field(
+        default_factory=lambda: [-1],
+        min_length=1,
+        description="Encoder layers (negative from the top), e.g. [-2] or [-4, -3, -2, -1].",
+    )
+    combine: LayerCombine = LayerCombine.mean
+    pooling: EmbedPooling = EmbedPooling.mean
+    normalize: bool = Field(True, description="L2-normalise each vector.")
+    dtype: OutputDtype = OutputDtype.float32
+
+    @model_validator(mode="after")
+    def _pooled_is_one_vector(self) -> Self:
+        if len(set(self.layers)) != len(self.layers):
+            raise ValueError("layers has duplicates")
+        if self.pooling == EmbedPooling.pooled and self.layers != [-1]:
+            raise ValueError(
+                "pooling: pooled is the pooler output of the last layer; use layers: [-1]"
+            )
+        return self

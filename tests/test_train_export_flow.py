@@ -139,3 +139,33 @@ def test_mc_dropout_varies_while_serving_is_deterministic(dataset: ArtifactRef, 
     )
     mc = saved.signatures["predict_mc"](text=texts, samples=tf.constant(16))
     assert mc["std"].numpy().max() > 0
+
+
+def test_exported_embedder_matches_the_bare_encoder_and_embed_signature(
+    plain_model: ArtifactRef, dataset: ArtifactRef, store: str, minilm_pair: Path
+) -> None:
+    from penultimate.config import EmbeddingChoice
+    from penultimate.embed import EncoderEmbedder, ExportedEmbedder
+    from penultimate.encoders.bert_convert import EncoderPair
+    from penultimate.features import LoadedEncoder
+
+    exported = export(model=plain_model, dataset=dataset, store_root=store)  # cached
+    saved = exported.path / "saved_model"
+    texts = ["short", "", "a much longer text about a meeting on Tuesday at noon, bring notes"]
+    pair = EncoderPair(minilm_pair)
+    bare = EncoderEmbedder(LoadedEncoder.load(pair.preprocessor, pair.encoder), EmbeddingChoice())
+    # freeze: all, so the exported encoder is the built-in one, bit for bit.
+    np.testing.assert_allclose(
+        ExportedEmbedder(saved, EmbeddingChoice()).embed(texts), bare.embed(texts), atol=1e-5
+    )
+    layered = EmbeddingChoice(
+        layers=[-3, -1], combine="concat", pooling="mean_max", normalize=False
+    )
+    assert ExportedEmbedder(saved, layered).embed(texts).shape == (3, 4 * 384)
+    penultimate = EmbeddingChoice(source="penultimate", normalize=False)
+    model = tf.saved_model.load(str(saved))
+    np.testing.assert_allclose(
+        ExportedEmbedder(saved, penultimate).embed(texts),
+        model.signatures["embed"](text=tf.constant(texts))["embedding"].numpy(),
+        atol=1e-6,
+    )

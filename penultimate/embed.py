@@ -1,0 +1,183 @@
+"""Embedding extraction: one small `Embedder` interface over a bare encoder pair or an exported
+classifier, and the per-shard unit of work (Parquet shard in, Parquet embeddings shard out).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import tensorflow as tf
+
+from penultimate.config import EmbeddingChoice, EmbedPooling, EmbedSource, LayerCombine
+from penultimate.errors import InputError
+from penultimate.features import LoadedEncoder, encode_texts, length_sorted_batches, pool_tokens
+from penultimate.pooling import l2_normalize
+
+PASSTHROUGH = ("label", "split")
+
+
+class ShardError(InputError):
+    """A shard that cannot be embedded; the message names the file."""
+
+
+class Embedder(Protocol):
+    """Texts in, one float32 vector per text out: `embed(texts) -> [len(texts), dim]`."""
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+def _pool(states: tf.Tensor, mask: tf.Tensor, pooling: str) -> tf.Tensor:
+    if pooling == EmbedPooling.mean_max:
+        return tf.concat([pool_tokens(states, mask, "mean"), pool_tokens(states, mask, "max")], -1)
+    return pool_tokens(states, mask, pooling)
+
+
+def combine_layers(vectors: Sequence[tf.Tensor], combine: str) -> tf.Tensor:
+    """Several [batch, dim] vectors -> one: their mean, or their concatenation (in order)."""
+    if len(vectors) == 1:
+        return vectors[0]
+    if combine == LayerCombine.mean:
+        return tf.add_n(list(vectors)) / float(len(vectors))
+    return tf.concat(list(vectors), axis=-1)
+
+
+class EncoderEmbedder:
+    """Embeddings from a TF-Hub-format encoder pair: chosen layers, pooled, combined.
+
+    Args:
+        loaded: the preprocessor and encoder, loaded once.
+        choice: layers, combine, pooling and normalisation (source must be `encoder`).
+        batch_size: texts per encoder call (batches are length-sorted and padded per batch).
+
+    Example:
+        >>> embedder = EncoderEmbedder(LoadedEncoder.load(pre, enc), EmbeddingChoice())
+        >>> embedder.embed(["a text", "another"]).shape  # (2, 384)
+    """
+
+    def __init__(self, loaded: LoadedEncoder, choice: EmbeddingChoice, batch_size: int = 64):
+        if choice.source != EmbedSource.encoder:
+            raise ValueError("a bare encoder has no penultimate features; use source: encoder")
+        self.loaded, self.choice, self.batch_size = loaded, choice, batch_size
+
+    def _vectors(self, outputs: Mapping[str, Any], mask: tf.Tensor) -> tf.Tensor:
+        choice = self.choice
+        if choice.pooling == EmbedPooling.pooled:
+            vector = outputs["pooled_output"]
+        else:
+            layers = outputs["encoder_outputs"]
+            vector = combine_layers(
+                [_pool(layers[i], mask, choice.pooling) for i in choice.layers], choice.combine
+            )
+        return l2_normalize(vector) if choice.normalize else vector
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        return encode_texts(self.loaded, texts, self._vectors, self.batch_size)
+
+
+class ExportedEmbedder:
+    """Embeddings from an exported classifier SavedModel (`embed` and `encode` signatures)."""
+
+    def __init__(self, saved_model: str | Path, choice: EmbeddingChoice, batch_size: int = 64):
+        import tensorflow_text  # noqa: F401  (registers the preprocessor's ops)
+
+        self.model = tf.saved_model.load(str(saved_model))
+        self.choice, self.batch_size = choice, batch_size
+        self.num_layers = sum(
+            1 for k in self.model.signatures["encode"].structured_outputs if k.endswith("_cls")
+        )
+
+    def _vectors(self, texts: tf.Tensor) -> tf.Tensor:
+        choice = self.choice
+        if choice.source == EmbedSource.penultimate:
+            vector = self.model.signatures["embed"](text=texts)["embedding"]
+        else:
+            encoded = self.model.signatures["encode"](text=texts)
+            if choice.pooling == EmbedPooling.pooled:
+                vector = encoded["pooled"]
+            else:
+                poolings = (
+                    ("mean", "max")
+                    if choice.pooling == EmbedPooling.mean_max
+                    else (str(choice.pooling),)
+                )
+                per_layer = [
+                    tf.concat([encoded[f"layer_{i % self.num_layers}_{p}"] for p in poolings], -1)
+                    for i in choice.layers
+                ]
+                vector = combine_layers(per_layer, choice.combine)
+        return l2_normalize(vector) if choice.normalize else vector
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        result: np.ndarray | None = None
+        for index in length_sorted_batches([len(t) for t in texts], self.batch_size):
+            vectors = self._vectors(tf.constant([texts[i] for i in index])).numpy()
+            if result is None:
+                result = np.empty((len(texts), vectors.shape[1]), np.float32)
+            result[index] = vectors
+        if result is None:
+            raise ValueError("no texts to embed")
+        return result
+
+
+def read_shard(shard: Path, splits: Sequence[str] | None) -> pl.DataFrame:
+    """A dataset shard's rows to embed, checked; errors name the file."""
+    try:
+        frame = pl.read_parquet(shard)
+    except Exception as error:
+        raise ShardError(f"{shard}: cannot read as Parquet: {error}") from None
+    missing = [c for c in ("id", "text") if c not in frame.columns]
+    if missing:
+        raise ShardError(f"{shard}: column(s) {missing} missing; it has {frame.columns}")
+    if splits is not None and "split" in frame.columns:
+        frame = frame.filter(pl.col("split").is_in(list(splits)))
+    return frame.with_columns(pl.col("text").fill_null(""))
+
+
+def embeddings_table(frame: pl.DataFrame, vectors: np.ndarray, dtype: str) -> pa.Table:
+    """`id`, `embedding` (Arrow fixed-size list) and any passthrough columns, in shard order."""
+    if not np.isfinite(vectors).all():
+        bad = int(np.flatnonzero(~np.isfinite(vectors).all(axis=1))[0])
+        raise ValueError(f"non-finite embedding for id {frame['id'][bad]!r}")
+    values = pa.array(vectors.astype(dtype).ravel())
+    columns = {
+        "id": frame["id"].to_arrow(),
+        "embedding": pa.FixedSizeListArray.from_arrays(values, vectors.shape[1]),
+    }
+    columns.update({c: frame[c].to_arrow() for c in PASSTHROUGH if c in frame.columns})
+    return pa.table(columns)
+
+
+def extract_shard_embeddings(
+    embedder: Embedder,
+    shard: Path,
+    out: Path,
+    choice: EmbeddingChoice,
+    splits: Sequence[str] | None,
+) -> dict[str, int]:
+    """Embed one dataset shard into `out` (written atomically); returns its row count and dim."""
+    frame = read_shard(shard, splits)
+    if frame.height == 0:
+        vectors = np.zeros((0, 0), np.float32)
+        table = pa.table({"id": pa.array([], pa.string())})
+    else:
+        vectors = embedder.embed(frame["text"].to_list())
+        table = embeddings_table(frame, vectors, str(choice.dtype))
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    tmp.replace(out)
+    return {"rows": frame.height, "dim": int(vectors.shape[1])}
+
+
+def read_embeddings(files: Sequence[Path]) -> tuple[pl.DataFrame, np.ndarray]:
+    """Rows (id and passthrough columns) and the [n, dim] matrix, without copying the vectors."""
+    table = pa.concat_tables([pq.read_table(f) for f in files]).combine_chunks()
+    column = table.column("embedding").chunk(0)
+    matrix = column.values.to_numpy(zero_copy_only=True).reshape(len(column), column.type.list_size)
+    return pl.from_arrow(table.drop(["embedding"])), matrix  # type: ignore[return-value]

@@ -1,0 +1,109 @@
+"""Embedding extraction library: the encoder embedder against the sentence-transformers fixture,
+layer/pooling combinations, batch-size independence, and the per-shard unit of work."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import FIXTURES
+from penultimate.config import EmbeddingChoice
+from penultimate.embed import (
+    EncoderEmbedder,
+    ShardError,
+    extract_shard_embeddings,
+    read_embeddings,
+)
+from penultimate.encoders.bert_convert import EncoderPair
+from penultimate.features import LoadedEncoder
+
+REFERENCE = json.loads((FIXTURES / "minilm_reference.json").read_text())
+ARRAYS = np.load(FIXTURES / "minilm_reference.npz")
+
+
+@pytest.fixture(scope="module")
+def loaded(minilm_pair: Path) -> LoadedEncoder:
+    pair = EncoderPair(minilm_pair)
+    return LoadedEncoder.load(pair.preprocessor, pair.encoder)
+
+
+def test_default_choice_reproduces_sentence_transformers(loaded: LoadedEncoder) -> None:
+    vectors = EncoderEmbedder(loaded, EmbeddingChoice(), batch_size=16).embed(
+        REFERENCE["sentences"]
+    )
+    assert (np.sum(vectors * ARRAYS["embeddings"], axis=1) >= 0.9999).all()
+
+
+def test_results_do_not_depend_on_batch_size(loaded: LoadedEncoder) -> None:
+    texts = REFERENCE["sentences"]
+    full = EncoderEmbedder(loaded, EmbeddingChoice(), batch_size=64).embed(texts)
+    for size in (1, 7):
+        other = EncoderEmbedder(loaded, EmbeddingChoice(), batch_size=size).embed(texts)
+        assert np.abs(other - full).max() <= 1e-5
+
+
+def test_layers_combine_and_pool(loaded: LoadedEncoder) -> None:
+    texts = ["one short text", "", "a second, slightly longer text about nothing"]
+
+    def embed(**choice: object) -> np.ndarray:
+        config = EmbeddingChoice.model_validate({"normalize": False, **choice})
+        return EncoderEmbedder(loaded, config).embed(texts)
+
+    second_last, last = embed(layers=[-2]), embed(layers=[-1])
+    np.testing.assert_allclose(embed(layers=[-2, -1]), (second_last + last) / 2, atol=1e-6)
+    np.testing.assert_allclose(
+        embed(layers=[-2, -1], combine="concat"), np.hstack([second_last, last]), atol=1e-6
+    )
+    mean_max = embed(pooling="mean_max")
+    assert mean_max.shape == (3, 768)
+    np.testing.assert_allclose(mean_max[:, :384], last, atol=1e-6)
+    assert np.isfinite(embed(pooling="max")).all()  # the empty text too
+    assert embed(pooling="pooled").shape == (3, 384)
+    with pytest.raises(ValueError, match="use layers"):
+        EmbeddingChoice(pooling="pooled", layers=[-2])
+
+
+def test_shard_embeddings_keep_ids_order_and_passthrough(
+    loaded: LoadedEncoder, tmp_path: Path
+) -> None:
+    shard = tmp_path / "part-00000.parquet"
+    pl.DataFrame(
+        {
+            "id": ["b", "a", "c", "d"],
+            "text": ["spam spam spam", "hello there", "", None],
+            "label": ["spam", "ham", "ham", "spam"],
+            "split": ["train", "test", "train", "val"],
+        }
+    ).write_parquet(shard)
+    out = tmp_path / "emb.parquet"
+    choice = EmbeddingChoice(dtype="float16")
+    stats = extract_shard_embeddings(EncoderEmbedder(loaded, choice), shard, out, choice, None)
+    assert stats == {"rows": 4, "dim": 384}
+    table = pq.read_table(out)
+    assert table.schema.field("embedding").type == pa.list_(pa.float16(), 384)
+    rows, matrix = read_embeddings([out])
+    assert rows["id"].to_list() == ["b", "a", "c", "d"]
+    assert rows["label"].to_list() == ["spam", "ham", "ham", "spam"]
+    assert matrix.shape == (4, 384) and not matrix.flags.owndata  # a view on Arrow's buffer
+    np.testing.assert_allclose(np.linalg.norm(matrix.astype(np.float32), axis=1), 1, atol=1e-3)
+    only_train = tmp_path / "train.parquet"
+    extract_shard_embeddings(EncoderEmbedder(loaded, choice), shard, only_train, choice, ["train"])
+    assert read_embeddings([only_train])[0]["id"].to_list() == ["b", "c"]
+
+
+def test_bad_shards_are_named(loaded: LoadedEncoder, tmp_path: Path) -> None:
+    embedder = EncoderEmbedder(loaded, EmbeddingChoice())
+    corrupt = tmp_path / "corrupt.parquet"
+    corrupt.write_bytes(b"PAR1 definitely not parquet")
+    with pytest.raises(ShardError, match=r"corrupt\.parquet: cannot read"):
+        extract_shard_embeddings(embedder, corrupt, tmp_path / "o", EmbeddingChoice(), None)
+    no_text = tmp_path / "no_text.parquet"
+    pl.DataFrame({"id": ["1"], "body": ["x"]}).write_parquet(no_text)
+    with pytest.raises(ShardError, match=r"no_text\.parquet: column\(s\) \['text'\] missing"):
+        extract_shard_embeddings(embedder, no_text, tmp_path / "o", EmbeddingChoice(), None)
