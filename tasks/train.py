@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
+from prefect.cache_policies import INPUTS, TASK_SOURCE
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from penultimate.artifacts import ArtifactRef, ArtifactStore
@@ -37,7 +38,8 @@ def encoder_paths(config: TrainConfig, encoder: ArtifactRef | None) -> EncoderPa
     return EncoderPaths(str(pair.preprocessor), str(pair.encoder))
 
 
-@task(name="check-training-inputs")
+# A pure function of its inputs (artifact keys are content hashes), so its answer is cached too.
+@task(name="check-training-inputs", cache_policy=INPUTS + TASK_SOURCE, persist_result=True)
 def check_training_inputs(
     config: TrainConfig, dataset: ArtifactRef, encoder: ArtifactRef | None
 ) -> list[str]:
