@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.cache_policies import INPUTS, TASK_SOURCE
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from penultimate.artifacts import ArtifactRef, ArtifactStore
 from penultimate.config import TrainConfig
