@@ -76,7 +76,7 @@ class TextClassifier(tf_keras.Model):
     """BERT-style classifier with configurable dropout, on encoder inputs (token ids).
 
     Args:
-        encoder: a TF-Hub BERT encoder (`hub.KerasLayer` or path) taking
+        encoder: handle or path of a TF-Hub BERT encoder taking
             `input_word_ids`/`input_mask`/`input_type_ids`.
         config: the training config (pooling, layer, hidden layers, dropout, freeze).
         num_classes: 2 gives one sigmoid logit; more give one softmax logit per class.
@@ -90,7 +90,7 @@ class TextClassifier(tf_keras.Model):
 
     def __init__(
         self,
-        encoder: tf_keras.layers.Layer | str,
+        encoder: str,
         config: TrainConfig,
         num_classes: int,
         num_layers: int,
@@ -100,9 +100,8 @@ class TextClassifier(tf_keras.Model):
         self.train_config = config
         self.num_classes = num_classes
         self.num_layers = num_layers
-        if isinstance(encoder, str):
-            encoder = hub.KerasLayer(encoder, trainable=config.trained_top_blocks != 0)
-        self.encoder = encoder
+        self.encoder_handle = encoder
+        self.encoder = hub.KerasLayer(encoder, trainable=config.trained_top_blocks != 0)
         dropouts: dict[str, list[StructuredDropout]] = {}
         for index, spec in enumerate(config.dropout):
             layer = StructuredDropout(
@@ -123,6 +122,21 @@ class TextClassifier(tf_keras.Model):
             1 if num_classes == 2 else num_classes, name="logits"
         )
         self.encoder_optimizer: tf_keras.optimizers.Optimizer | None = None
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "encoder": self.encoder_handle,
+            "config": self.train_config.model_dump(mode="json"),
+            "num_classes": self.num_classes,
+            "num_layers": self.num_layers,
+            "name": self.name,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> TextClassifier:
+        options = dict(config)
+        options["config"] = TrainConfig.model_validate(options["config"])
+        return cls(**options)
 
     def _drop(self, at: str, x: tf.Tensor, active: bool) -> tf.Tensor:
         for layer in self.dropouts.get(at, []):

@@ -155,3 +155,13 @@ def test_cli_train_names_a_bad_dataset_folder(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "train.yaml" in result.stderr and "needs a token axis" in result.stderr
+
+
+def test_classifier_config_round_trips(minilm_pair: Path) -> None:
+    config = TrainConfig.model_validate(
+        {"hidden": [{"units": 8}], "dropout": [{"at": "hidden:0", "rate": 0.2, "columns": [1]}]}
+    )
+    model = TextClassifier(str(EncoderPair(minilm_pair).encoder), config, 3, 6)
+    rebuilt = TextClassifier.from_config(model.get_config())
+    assert rebuilt.get_config() == model.get_config()
+    assert rebuilt.train_config == config and rebuilt.output_layer.units == 3
