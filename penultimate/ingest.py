@@ -249,3 +249,12 @@ def read_dataset(ref: ArtifactRef, split: str | None = None) -> pl.DataFrame:
     """All rows of a dataset artifact (optionally one split)."""
     frame = pl.read_parquet(dataset_shards(ref))
     return frame if split is None else frame.filter(pl.col("split") == split)
+
+
+def dataset_shard_entries(ref: ArtifactRef, manifest_files: list[Any]) -> list[tuple[Path, str]]:
+    """(path, sha256) of each shard of a dataset artifact, from its manifest, in order."""
+    return [
+        (ref.path / entry.path, entry.sha256)
+        for entry in manifest_files
+        if entry.path.startswith(f"{DATA_DIR}/")
+    ]

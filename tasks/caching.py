@@ -12,6 +12,7 @@ from typing import Any
 
 from prefect import Task, get_run_logger, task
 from prefect.context import TaskRunContext
+from prefect.futures import PrefectFuture
 from pydantic import BaseModel
 
 from penultimate.artifacts import ArtifactRef, ArtifactStore, Stage
@@ -34,7 +35,7 @@ class ArtifactTask:
     """A Prefect task whose result is the artifact `stage` publishes for the given parameters.
 
     The wrapped function must take `store_root: str` and publish exactly the artifact that
-    `identity(params)` names. Call it like the function, with keyword arguments.
+    `identity(params)` names. Call it like the function, with keyword arguments, or `submit`.
     """
 
     def __init__(
@@ -76,6 +77,10 @@ class ArtifactTask:
 
     def __call__(self, **params: Any) -> ArtifactRef:
         return self._checked(params)(**params)
+
+    def submit(self, **params: Any) -> PrefectFuture:
+        """Run on the flow's task runner (e.g. a Dask worker); parameters must be plain values."""
+        return self._checked(params).submit(**params)
 
 
 def artifact_task(

@@ -77,19 +77,8 @@ def minilm_pair(prefect_api: str, encoder_store: str) -> Path:
 
 
 def task_run_states(flow_state: object) -> dict[str, str]:
-    """Task name -> state name for the task runs of a finished flow run, read from the API."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-    from prefect.client.schemas.sorting import TaskRunSort
-
-    flow_run_id = flow_state.state_details.flow_run_id  # type: ignore[attr-defined]
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
-            sort=TaskRunSort.EXPECTED_START_TIME_ASC,
-            limit=200,
-        )
-    return {run.name.rsplit("-", 1)[0]: run.state.name for run in runs}
+    """Task name -> state name of the task runs of a finished flow run (read from the API)."""
+    return {name: state for (name, state) in task_state_counts(flow_state)}
 
 
 def prefect_artifact_keys(api_url: str) -> set[str]:
@@ -101,3 +90,21 @@ def prefect_artifact_keys(api_url: str) -> set[str]:
     )
     response.raise_for_status()
     return {artifact["key"] for artifact in response.json() if artifact.get("key")}
+
+
+def task_state_counts(flow_state: object) -> dict[tuple[str, str], int]:
+    """(task name, state name) -> how many task runs of the flow run ended so."""
+    from collections import Counter
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import TaskRunSort
+
+    flow_run_id = flow_state.state_details.flow_run_id  # type: ignore[attr-defined]
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+            sort=TaskRunSort.EXPECTED_START_TIME_ASC,
+            limit=200,
+        )
+    return dict(Counter((run.name.rsplit("-", 1)[0], run.state.name) for run in runs))

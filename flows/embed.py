@@ -1,0 +1,64 @@
+"""The embed flow: dataset artifact -> embeddings artifact, one cached task per shard on Dask
+(a local cluster by default, an existing cluster by `runner.dask_address`).
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from penultimate.artifacts import ArtifactRef, ArtifactStore, open_artifact
+from penultimate.config import EmbedConfig
+from penultimate.ingest import dataset_shard_entries
+from tasks.embed import collect_embeddings, dask_task_runner, embed_shard
+from tasks.encoder import build_encoder
+
+
+class ShardsFailed(RuntimeError):
+    """Some shards could not be embedded; the others are cached and a rerun does only these."""
+
+
+@flow(name="embed", log_prints=True)
+def embed_shards(
+    config: EmbedConfig, dataset: ArtifactRef, store_root: str | None = None
+) -> ArtifactRef:
+    """Embed every shard (cached per shard), then publish the embeddings artifact."""
+    store = ArtifactStore(store_root)
+    root = str(store.root)
+    model = (
+        open_artifact(config.export, "export")
+        if config.export
+        else build_encoder(config=config.encoder, store_root=root)
+    )
+    # Only the manifest is checked here: a damaged shard fails its own task, naming the file,
+    # while the other shards complete.
+    manifest = store.read_manifest(dataset)
+    if manifest is None:
+        raise ShardsFailed(f"dataset {dataset.uri} is not a complete artifact")
+    futures = {
+        str(path): embed_shard.submit(
+            config=config, model=model, shard=str(path), shard_sha256=sha, store_root=root
+        )
+        for path, sha in dataset_shard_entries(dataset, manifest.files)
+    }
+    for future in futures.values():
+        future.wait()
+    failed = {
+        shard: future.state.message
+        for shard, future in futures.items()
+        if not future.state.is_completed()
+    }
+    if failed:
+        summary = "; ".join(f"{shard}: {message}" for shard, message in failed.items())
+        raise ShardsFailed(f"{len(failed)} of {len(futures)} shards failed: {summary}")
+    shards = [future.result() for future in futures.values()]
+    return collect_embeddings(
+        config=config, dataset=dataset, model=model, shards=shards, store_root=root
+    )
+
+
+def embed(config: EmbedConfig, dataset: ArtifactRef, store_root: str | None = None) -> ArtifactRef:
+    """Run the embed flow on the Dask cluster the config names."""
+    runner = dask_task_runner(config.runner)
+    return embed_shards.with_options(task_runner=runner)(
+        config=config, dataset=dataset, store_root=store_root
+    )

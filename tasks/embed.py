@@ -1,0 +1,97 @@
+"""Embedding tasks: one cached task per dataset shard (mapped onto Dask workers, each loading the
+model once), and the collecting task that publishes the embeddings artifact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger
+from prefect_dask import DaskTaskRunner
+
+from penultimate.artifacts import ArtifactRef, ArtifactStore
+from penultimate.config import DaskRunnerConfig, EmbedConfig
+from penultimate.embed import (
+    EMBEDDING_SHARD_STAGE,
+    EMBEDDINGS_STAGE,
+    SHARD_FILE,
+    extract_shard_embeddings,
+    load_embedder,
+)
+from tasks.caching import artifact_task
+
+
+def dask_task_runner(runner: DaskRunnerConfig) -> DaskTaskRunner:
+    """An existing cluster by address, or a local cluster of single-threaded worker processes."""
+    if runner.dask_address:
+        return DaskTaskRunner(address=runner.dask_address)
+    return DaskTaskRunner(
+        cluster_kwargs={"n_workers": runner.n_workers, "threads_per_worker": 1, "processes": True}
+    )
+
+
+def shard_identity(params: Mapping[str, Any]) -> tuple[dict[str, Any], list[ArtifactRef]]:
+    config: EmbedConfig = params["config"]
+    # Batch size and runner do not change the vectors, so they stay out of the key.
+    key = {"embedding": config.embedding, "splits": config.splits, "shard": params["shard_sha256"]}
+    return key, [params["model"]]
+
+
+@artifact_task(EMBEDDING_SHARD_STAGE, identity=shard_identity, name="embed-shard")
+def embed_shard(
+    config: EmbedConfig, model: ArtifactRef, shard: str, shard_sha256: str, store_root: str
+) -> ArtifactRef:
+    """Embed one dataset shard into its own artifact; the model is loaded once per worker."""
+    embedder = load_embedder(
+        model.stage,
+        model.uri,
+        config.embedding.model_dump_json(),
+        config.batch_size,
+        config.runner.tf_threads,
+    )
+    key, inputs = shard_identity({"config": config, "model": model, "shard_sha256": shard_sha256})
+
+    def write(out: Path) -> dict[str, Any]:
+        stats = extract_shard_embeddings(
+            embedder, Path(shard), out / SHARD_FILE, config.embedding, config.splits
+        )
+        get_run_logger().info("%s: %d rows, dim %d", Path(shard).name, stats["rows"], stats["dim"])
+        return {**stats, "source_shard": shard}
+
+    return ArtifactStore(store_root).publish(EMBEDDING_SHARD_STAGE, key, write, inputs)
+
+
+def collect_identity(params: Mapping[str, Any]) -> tuple[dict[str, Any], list[ArtifactRef]]:
+    config: EmbedConfig = params["config"]
+    key = {"embedding": config.embedding, "splits": config.splits}
+    return key, [params["dataset"], params["model"], *params["shards"]]
+
+
+@artifact_task(EMBEDDINGS_STAGE, identity=collect_identity, name="collect-embeddings")
+def collect_embeddings(
+    config: EmbedConfig,
+    dataset: ArtifactRef,
+    model: ArtifactRef,
+    shards: list[ArtifactRef],
+    store_root: str,
+) -> ArtifactRef:
+    """The embeddings artifact: the shard artifacts in dataset order, with rows and dim."""
+    store = ArtifactStore(store_root)
+    stats = [store.read_manifest(ref).metrics for ref in shards]  # type: ignore[union-attr]
+    dims = {s["dim"] for s in stats if s["rows"]}
+
+    def write(out: Path) -> dict[str, Any]:
+        return {
+            "rows": sum(s["rows"] for s in stats),
+            "dim": dims.pop() if len(dims) == 1 else None,
+            "shards": [
+                {"uri": r.uri, "rows": s["rows"]} for r, s in zip(shards, stats, strict=True)
+            ],
+        }
+
+    key, inputs = collect_identity(
+        {"config": config, "dataset": dataset, "model": model, "shards": shards}
+    )
+    return store.publish(EMBEDDINGS_STAGE, key, write, inputs)

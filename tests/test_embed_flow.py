@@ -1,0 +1,162 @@
+"""The embed flow on real Dask clusters (the local default and an existing scheduler with two
+workers on 127.0.0.1) and a real Prefect server: parity, order, caching, and a failing shard."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from conftest import FIXTURES, task_run_states, task_state_counts
+from flows.embed import embed, embed_shards
+from flows.ingest import ingest
+from penultimate.artifacts import ArtifactRef, ArtifactStore
+from penultimate.config import EmbedConfig, IngestConfig
+from penultimate.embed import embedding_shard_files, read_embeddings
+from penultimate.prefect_server import free_port
+from tasks.embed import dask_task_runner
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+REFERENCE = json.loads((FIXTURES / "minilm_reference.json").read_text())
+EXPECTED = np.load(FIXTURES / "minilm_reference.npz")["embeddings"]
+
+
+@pytest.fixture(scope="module")
+def sentences(tmp_path_factory: pytest.TempPathFactory, encoder_store: str) -> ArtifactRef:
+    """The 64 reference sentences as a dataset of 4 shards (empty/blank ones dropped by ingest)."""
+    source = tmp_path_factory.mktemp("sentences") / "sentences.parquet"
+    ids = [f"s{i:02d}" for i in range(len(REFERENCE["sentences"]))]
+    pl.DataFrame({"id": ids, "text": REFERENCE["sentences"]}).write_parquet(source)
+    config = IngestConfig(source=str(source), label_column=None, shard_rows=20)
+    return ingest(config=config, store_root=encoder_store)
+
+
+def embedded(ref: ArtifactRef, store: str) -> tuple[pl.DataFrame, np.ndarray]:
+    manifest = ArtifactStore(store).validate(ref)
+    assert manifest is not None
+    return read_embeddings(embedding_shard_files([s["uri"] for s in manifest.metrics["shards"]]))
+
+
+def test_local_cluster_reproduces_sentence_transformers_in_order(
+    sentences: ArtifactRef, encoder_store: str
+) -> None:
+    config = EmbedConfig()
+    state = embed_shards.with_options(task_runner=dask_task_runner(config.runner))(
+        config=config, dataset=sentences, store_root=encoder_store, return_state=True
+    )
+    assert state.is_completed(), state.message
+    rows, matrix = embedded(state.result(), encoder_store)
+    source = pl.read_parquet(sorted((sentences.path / "data").glob("*.parquet")))
+    assert rows["id"].to_list() == source["id"].to_list()  # shard order, row order
+    reference = EXPECTED[[int(i[1:]) for i in rows["id"]]]
+    assert (np.sum(matrix * reference, axis=1) >= 0.9999).all()
+
+    again = embed_shards.with_options(task_runner=dask_task_runner(config.runner))(
+        config=config, dataset=sentences, store_root=encoder_store, return_state=True
+    )
+    assert again.result() == state.result()
+    states = task_run_states(again)
+    assert states["embed-shard"] == "Cached" and states["collect-embeddings"] == "Cached"
+
+
+@pytest.fixture(scope="module")
+def dask_cluster() -> Iterator[str]:
+    """`dask scheduler` and two `dask worker` processes on 127.0.0.1."""
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    processes = [
+        subprocess.Popen(
+            [
+                str(bin_dir / "dask"),
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--no-dashboard",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    ]
+    time.sleep(3)
+    processes += [
+        subprocess.Popen(
+            [
+                str(bin_dir / "dask"),
+                "worker",
+                address,
+                "--nthreads",
+                "1",
+                "--no-dashboard",
+                "--name",
+                f"worker-{i}",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for i in range(2)
+    ]
+    time.sleep(5)
+    yield address
+    for process in reversed(processes):
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_existing_cluster_by_address_gives_the_same_embeddings(
+    sentences: ArtifactRef, encoder_store: str, tmp_path: Path, dask_cluster: str
+) -> None:
+    local_ref = embed(EmbedConfig(), sentences, store_root=encoder_store)
+    # Naming every split selects the same rows under a new key, so the remote run computes.
+    config = EmbedConfig.model_validate(
+        {
+            "runner": {"dask_address": dask_cluster},
+            "batch_size": 7,
+            "splits": ["train", "val", "test"],
+        }
+    )
+    remote_ref = embed(config, sentences, store_root=encoder_store)
+    assert remote_ref.key != local_ref.key
+    local_rows, local = embedded(local_ref, encoder_store)
+    remote_rows, remote = embedded(remote_ref, encoder_store)
+    assert remote_rows["id"].to_list() == local_rows["id"].to_list()
+    assert np.abs(remote - local).max() <= 1e-5
+
+
+def test_a_corrupt_shard_fails_alone_and_a_rerun_after_the_fix_does_only_it(
+    sentences: ArtifactRef, encoder_store: str
+) -> None:
+    store = encoder_store
+    config = EmbedConfig.model_validate({"embedding": {"layers": [-2]}})
+    shard = sentences.path / "data" / "part-00001.parquet"
+    original = shard.read_bytes()
+    try:
+        shard.write_bytes(b"PAR1 broken")
+        state = embed_shards.with_options(task_runner=dask_task_runner(config.runner))(
+            config=config, dataset=sentences, store_root=store, return_state=True
+        )
+        assert state.is_failed()
+        assert "1 of 4 shards failed" in state.message and "part-00001.parquet" in state.message
+        assert task_state_counts(state)[("embed-shard", "Completed")] == 3
+    finally:
+        shard.write_bytes(original)
+    fixed = embed_shards.with_options(task_runner=dask_task_runner(config.runner))(
+        config=config, dataset=sentences, store_root=store, return_state=True
+    )
+    assert fixed.is_completed()
+    counts = task_state_counts(fixed)
+    assert counts[("embed-shard", "Cached")] == 3 and counts[("embed-shard", "Completed")] == 1
