@@ -6,6 +6,8 @@ The server and the encoder are built once per session; each test gets its own ar
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -108,3 +110,15 @@ def task_state_counts(flow_state: object) -> dict[tuple[str, str], int]:
             limit=200,
         )
     return dict(Counter((run.name.rsplit("-", 1)[0], run.state.name) for run in runs))
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """`penultimate ARGS` in a fresh interpreter, from the repository root."""
+    return subprocess.run(
+        [sys.executable, "-m", "penultimate.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ},
+        timeout=600,
+    )

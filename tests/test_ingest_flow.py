@@ -3,16 +3,13 @@ artifact is gone or damaged, and the CLI's contract (URI last, clear errors)."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import polars as pl
 import pytest
 
-from conftest import REPO, task_run_states
+from conftest import run_cli, task_run_states
 from flows.ingest import ingest
 from penultimate.artifacts import ArtifactStore
 from penultimate.config import IngestConfig
@@ -86,23 +83,12 @@ def test_missing_or_damaged_artifact_is_recomputed(
     assert ArtifactStore(store_root).validate(ref) is not None
 
 
-def cli(*args: str, store: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "penultimate.cli", "--store", store, *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env={**os.environ},
-        timeout=300,
-    )
-
-
 def test_cli_prints_the_artifact_uri_last(
     corpus_slice: Path, tmp_path: Path, store_root: str
 ) -> None:
     config_file = tmp_path / "ingest.yaml"
     config_file.write_text(f"source: {corpus_slice}\ntext_format: email\ntext_column: raw\n")
-    result = cli("ingest", "--config", str(config_file), store=store_root)
+    result = run_cli("--store", store_root, "ingest", "--config", str(config_file))
     assert result.returncode == 0, result.stderr
     uri = result.stdout.strip().splitlines()[-1]
     assert Path(uri).parent == Path(store_root).resolve() / "dataset"
@@ -112,6 +98,6 @@ def test_cli_prints_the_artifact_uri_last(
 def test_cli_bad_config_names_file_and_field(tmp_path: Path, store_root: str) -> None:
     config_file = tmp_path / "bad.yaml"
     config_file.write_text("source: x.parquet\nshard_rows: -3\n")
-    result = cli("ingest", "--config", str(config_file), store=store_root)
+    result = run_cli("--store", store_root, "ingest", "--config", str(config_file))
     assert result.returncode == 2
     assert "bad.yaml" in result.stderr and "shard_rows" in result.stderr

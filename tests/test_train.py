@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
+from conftest import run_cli
 from penultimate.artifacts import ArtifactRef
 from penultimate.classifier import TextClassifier
 from penultimate.config import TrainConfig
@@ -115,44 +116,14 @@ def test_freeze_all_leaves_the_encoder_bit_identical(minilm_pair: Path) -> None:
 
 
 def test_cli_train_names_a_bad_dataset_folder(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
     config = tmp_path / "train.yaml"
     config.write_text("epochs: 1\n")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "penultimate.cli",
-            "train",
-            "--config",
-            str(config),
-            "--dataset",
-            str(tmp_path / "dataset" / "nope"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    missing = str(tmp_path / "dataset" / "nope")
+    result = run_cli("train", "--config", str(config), "--dataset", missing)
     assert result.returncode == 2
     assert "nope: not a complete artifact" in result.stderr
     config.write_text("dropout: [{at: pooled, mask: token}]\n")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "penultimate.cli",
-            "train",
-            "--config",
-            str(config),
-            "--dataset",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_cli("train", "--config", str(config), "--dataset", str(tmp_path))
     assert result.returncode == 2
     assert "train.yaml" in result.stderr and "needs a token axis" in result.stderr
 
