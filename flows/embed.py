@@ -5,6 +5,8 @@
 from __future__ import annotations
 
 from prefect import flow
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.futures import as_completed
 
 from penultimate.artifacts import ArtifactRef, ArtifactStore, open_artifact
 from penultimate.config import EmbedConfig
@@ -40,8 +42,11 @@ def embed_shards(
         )
         for path, sha in dataset_shard_entries(dataset, manifest.files)
     }
-    for future in futures.values():
-        future.wait()
+    progress = create_progress_artifact(
+        progress=0.0, key="embed-progress", description="Shards embedded (%)"
+    )
+    for done, _ in enumerate(as_completed(list(futures.values())), start=1):
+        update_progress_artifact(progress, progress=100.0 * done / len(futures))
     failed = {
         shard: future.state.message
         for shard, future in futures.items()

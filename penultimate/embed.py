@@ -5,6 +5,7 @@ classifier, and the per-shard unit of work (Parquet shard in, Parquet embeddings
 from __future__ import annotations
 
 import functools
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -34,7 +35,12 @@ class ShardError(InputError):
 
 
 class Embedder(Protocol):
-    """Texts in, one float32 vector per text out: `embed(texts) -> [len(texts), dim]`."""
+    """Texts in, one float32 vector per text out: `embed(texts) -> [len(texts), dim]`.
+
+    `preprocessor` is the TF-Hub-format preprocessor the embedder tokenizes with.
+    """
+
+    preprocessor: Any
 
     def embed(self, texts: Sequence[str]) -> np.ndarray: ...
 
@@ -71,6 +77,7 @@ class EncoderEmbedder:
         if choice.source != EmbedSource.encoder:
             raise ValueError("a bare encoder has no penultimate features; use source: encoder")
         self.loaded, self.choice, self.batch_size = loaded, choice, batch_size
+        self.preprocessor = loaded.preprocessor
 
     def _vectors(self, outputs: Mapping[str, Any], mask: tf.Tensor) -> tf.Tensor:
         choice = self.choice
@@ -94,6 +101,7 @@ class ExportedEmbedder:
         import tensorflow_text  # noqa: F401  (registers the preprocessor's ops)
 
         self.model = tf.saved_model.load(str(saved_model))
+        self.preprocessor = self.model.preprocessor
         self.choice, self.batch_size = choice, batch_size
         self.num_layers = sum(
             1 for k in self.model.signatures["encode"].structured_outputs if k.endswith("_cls")
@@ -160,6 +168,17 @@ def embeddings_table(frame: pl.DataFrame, vectors: np.ndarray, dtype: str) -> pa
     return pa.table(columns)
 
 
+def count_truncated(preprocessor: Any, texts: Sequence[str], batch_size: int = 256) -> int:
+    """How many texts are longer than the preprocessor's sequence length (and so get cut)."""
+    seq_length = int(preprocessor(tf.constant([""]))["input_word_ids"].shape[1])
+    total = 0
+    for start in range(0, len(texts), batch_size):
+        tokens = preprocessor.tokenize(tf.constant(list(texts[start : start + batch_size])))
+        lengths = tokens.merge_dims(1, -1).row_lengths() + 2  # plus [CLS] and [SEP]
+        total += int(tf.reduce_sum(tf.cast(lengths > seq_length, tf.int32)))
+    return total
+
+
 def extract_shard_embeddings(
     embedder: Embedder,
     shard: Path,
@@ -167,18 +186,29 @@ def extract_shard_embeddings(
     choice: EmbeddingChoice,
     splits: Sequence[str] | None,
 ) -> dict[str, int]:
-    """Embed one dataset shard into `out` (written atomically); returns its row count and dim."""
+    """Embed one dataset shard into `out` (written atomically); returns rows, dim, truncated
+    texts and throughput."""
     frame = read_shard(shard, splits)
+    started = time.perf_counter()
     if frame.height == 0:
         vectors = np.zeros((0, 0), np.float32)
         table = pa.table({"id": pa.array([], pa.string())})
+        truncated = 0
     else:
-        vectors = embedder.embed(frame["text"].to_list())
+        texts = frame["text"].to_list()
+        vectors = embedder.embed(texts)
         table = embeddings_table(frame, vectors, str(choice.dtype))
+        truncated = count_truncated(embedder.preprocessor, texts)
+    seconds = time.perf_counter() - started
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
     pq.write_table(table, tmp, compression="zstd")
     tmp.replace(out)
-    return {"rows": frame.height, "dim": int(vectors.shape[1])}
+    return {
+        "rows": frame.height,
+        "dim": int(vectors.shape[1]),
+        "truncated": truncated,
+        "texts_per_s": round(frame.height / seconds, 1) if seconds > 0 else 0.0,
+    }
 
 
 def read_embeddings(files: Sequence[Path]) -> tuple[pl.DataFrame, np.ndarray]:

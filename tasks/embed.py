@@ -28,7 +28,12 @@ def dask_task_runner(runner: DaskRunnerConfig) -> DaskTaskRunner:
     if runner.dask_address:
         return DaskTaskRunner(address=runner.dask_address)
     return DaskTaskRunner(
-        cluster_kwargs={"n_workers": runner.n_workers, "threads_per_worker": 1, "processes": True}
+        cluster_kwargs={
+            "n_workers": runner.n_workers,
+            "threads_per_worker": 1,
+            "processes": True,
+            "dashboard_address": ":0",  # a free port: several clusters may run side by side
+        }
     )
 
 
@@ -57,7 +62,14 @@ def embed_shard(
         stats = extract_shard_embeddings(
             embedder, Path(shard), out / SHARD_FILE, config.embedding, config.splits
         )
-        get_run_logger().info("%s: %d rows, dim %d", Path(shard).name, stats["rows"], stats["dim"])
+        get_run_logger().info(
+            "%s: %d rows at %.1f texts/s, dim %d, %d truncated",
+            Path(shard).name,
+            stats["rows"],
+            stats["texts_per_s"],
+            stats["dim"],
+            stats["truncated"],
+        )
         return {**stats, "source_shard": shard}
 
     return ArtifactStore(store_root).publish(EMBEDDING_SHARD_STAGE, key, write, inputs)
@@ -85,6 +97,7 @@ def collect_embeddings(
     def write(out: Path) -> dict[str, Any]:
         return {
             "rows": sum(s["rows"] for s in stats),
+            "truncated": sum(s["truncated"] for s in stats),
             "dim": dims.pop() if len(dims) == 1 else None,
             "shards": [
                 {"uri": r.uri, "rows": s["rows"]} for r, s in zip(shards, stats, strict=True)

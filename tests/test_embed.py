@@ -76,7 +76,7 @@ def test_shard_embeddings_keep_ids_order_and_passthrough(
     pl.DataFrame(
         {
             "id": ["b", "a", "c", "d"],
-            "text": ["spam spam spam", "hello there", "", None],
+            "text": ["spam spam spam", "hello there " * 200, "", None],
             "label": ["spam", "ham", "ham", "spam"],
             "split": ["train", "test", "train", "val"],
         }
@@ -84,7 +84,7 @@ def test_shard_embeddings_keep_ids_order_and_passthrough(
     out = tmp_path / "emb.parquet"
     choice = EmbeddingChoice(dtype="float16")
     stats = extract_shard_embeddings(EncoderEmbedder(loaded, choice), shard, out, choice, None)
-    assert stats == {"rows": 4, "dim": 384}
+    assert (stats["rows"], stats["dim"], stats["truncated"]) == (4, 384, 1)  # 402 tokens > 128
     table = pq.read_table(out)
     assert table.schema.field("embedding").type == pa.list_(pa.float16(), 384)
     rows, matrix = read_embeddings([out])

@@ -15,7 +15,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from conftest import FIXTURES, task_run_states, task_state_counts
+from conftest import FIXTURES, prefect_artifact_keys, task_run_states, task_state_counts
 from flows.embed import embed, embed_shards
 from flows.ingest import ingest
 from penultimate.artifacts import ArtifactRef, ArtifactStore
@@ -47,7 +47,7 @@ def embedded(ref: ArtifactRef, store: str) -> tuple[pl.DataFrame, np.ndarray]:
 
 
 def test_local_cluster_reproduces_sentence_transformers_in_order(
-    sentences: ArtifactRef, encoder_store: str
+    sentences: ArtifactRef, encoder_store: str, prefect_api: str
 ) -> None:
     config = EmbedConfig()
     state = embed_shards.with_options(task_runner=dask_task_runner(config.runner))(
@@ -59,6 +59,10 @@ def test_local_cluster_reproduces_sentence_transformers_in_order(
     assert rows["id"].to_list() == source["id"].to_list()  # shard order, row order
     reference = EXPECTED[[int(i[1:]) for i in rows["id"]]]
     assert (np.sum(matrix * reference, axis=1) >= 0.9999).all()
+    metrics = ArtifactStore(encoder_store).validate(state.result()).metrics
+    assert metrics["rows"] == rows.height and metrics["dim"] == 384
+    assert metrics["truncated"] == sum(n > 128 for n in REFERENCE["untruncated_token_counts"])
+    assert "embed-progress" in prefect_artifact_keys(prefect_api)
 
     again = embed_shards.with_options(task_runner=dask_task_runner(config.runner))(
         config=config, dataset=sentences, store_root=encoder_store, return_state=True
