@@ -19,7 +19,7 @@ class ShardsFailed(RuntimeError):
     """Some shards could not be embedded; the others are cached and a rerun does only these."""
 
 
-@flow(name="embed", log_prints=True)
+@flow(name="embed-shards", log_prints=True)
 def embed_shards(
     config: EmbedConfig, dataset: ArtifactRef, store_root: str | None = None
 ) -> ArtifactRef:
@@ -45,7 +45,10 @@ def embed_shards(
     progress = create_progress_artifact(
         progress=0.0, key="embed-progress", description="Shards embedded (%)"
     )
-    for done, _ in enumerate(as_completed(list(futures.values())), start=1):
+    for done, future in enumerate(as_completed(list(futures.values())), start=1):
+        # wait() pins the future's final state; without it `state` may be read from the API
+        # before the worker's last state update has landed.
+        future.wait()
         update_progress_artifact(progress, progress=100.0 * done / len(futures))
     failed = {
         shard: future.state.message
@@ -61,8 +64,9 @@ def embed_shards(
     )
 
 
+@flow(name="embed", log_prints=True)
 def embed(config: EmbedConfig, dataset: ArtifactRef, store_root: str | None = None) -> ArtifactRef:
-    """Run the embed flow on the Dask cluster the config names."""
+    """Embed a dataset on the Dask cluster `config.runner` names (a subflow on that runner)."""
     runner = dask_task_runner(config.runner)
     return embed_shards.with_options(task_runner=runner)(
         config=config, dataset=dataset, store_root=store_root
