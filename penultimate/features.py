@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from penultimate.config import Pooling
+from penultimate.config import Pooling, Precision
+from penultimate.errors import InputError
 from penultimate.pooling import cls_token, masked_max, masked_mean
 
 
@@ -57,6 +58,17 @@ class LoadedEncoder:
 
         return cls(tf.saved_model.load(str(preprocessor)), tf.saved_model.load(str(encoder)))
 
+    def inference(self, precision: Precision) -> Callable[[dict[str, tf.Tensor]], Any]:
+        """The encoder's inference call at `precision` (bfloat16: built-in encoders only)."""
+        if precision == Precision.float32:
+            return lambda inputs: self.encoder(inputs, training=False)
+        if not hasattr(self.encoder, "call_bfloat16"):
+            raise InputError(
+                "precision: bfloat16 needs an encoder built by `penultimate build-encoder` "
+                "(it carries a bfloat16 call); this encoder has none"
+            )
+        return self.encoder.call_bfloat16
+
     def tokenize(self, texts: Sequence[str]) -> dict[str, tf.Tensor]:
         """Encoder inputs padded to the batch's longest text."""
         return self.preprocessor.tokenize_for_dynamic_padding(tf.constant(list(texts)))
@@ -73,14 +85,16 @@ def encode_texts(
     texts: Sequence[str],
     features: Callable[[Mapping[str, Any], tf.Tensor], tf.Tensor],
     batch_size: int = 64,
+    precision: Precision = Precision.float32,
 ) -> np.ndarray:
     """`features(encoder_outputs, mask)` for every text, in input order, as float32 [n, dim]."""
     if not texts:
         raise ValueError("no texts to encode")
+    encoder = loaded.inference(precision)
 
     @tf.function(reduce_retracing=True)
     def run(inputs: dict[str, tf.Tensor]) -> tf.Tensor:
-        return features(loaded.encoder(inputs, training=False), inputs["input_mask"])
+        return features(encoder(inputs), inputs["input_mask"])
 
     # Character length orders texts well enough for batching; exact token counts would cost a pass.
     batches = length_sorted_batches([len(t) for t in texts], batch_size)

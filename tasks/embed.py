@@ -19,6 +19,7 @@ from penultimate.embed import (
     SHARD_FILE,
     extract_shard_embeddings,
     load_embedder,
+    peak_memory_mb,
 )
 from tasks.caching import artifact_task
 
@@ -62,15 +63,17 @@ def embed_shard(
         stats = extract_shard_embeddings(
             embedder, Path(shard), out / SHARD_FILE, config.embedding, config.splits
         )
+        peak_mb = peak_memory_mb()
         get_run_logger().info(
-            "%s: %d rows at %.1f texts/s, dim %d, %d truncated",
+            "%s: %d rows at %.1f texts/s, dim %d, %d truncated, worker peak memory %d MB",
             Path(shard).name,
             stats["rows"],
             stats["texts_per_s"],
             stats["dim"],
             stats["truncated"],
+            peak_mb,
         )
-        return {**stats, "source_shard": shard}
+        return {**stats, "worker_peak_rss_mb": peak_mb, "source_shard": shard}
 
     return ArtifactStore(store_root).publish(EMBEDDING_SHARD_STAGE, key, write, inputs)
 

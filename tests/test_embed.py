@@ -48,6 +48,19 @@ def test_results_do_not_depend_on_batch_size(loaded: LoadedEncoder) -> None:
         assert np.abs(other - full).max() <= 1e-5
 
 
+def test_bfloat16_precision_is_close_to_float32_but_really_bfloat16(
+    loaded: LoadedEncoder,
+) -> None:
+    texts = REFERENCE["sentences"]
+    exact = EncoderEmbedder(loaded, EmbeddingChoice()).embed(texts)
+    fast = EncoderEmbedder(loaded, EmbeddingChoice(precision="bfloat16")).embed(texts)
+    cosine = np.sum(exact * fast, axis=1)
+    assert cosine.min() >= 0.999
+    assert np.abs(exact - fast).max() > 1e-4  # bfloat16 matmuls are really in use
+    with pytest.raises(ValueError, match="bfloat16 runs a bare encoder"):
+        EmbeddingChoice(source="penultimate", precision="bfloat16")
+
+
 def test_layers_combine_and_pool(loaded: LoadedEncoder) -> None:
     texts = ["one short text", "", "a second, slightly longer text about nothing"]
 

@@ -154,16 +154,23 @@ class BertEncoder(tf.Module):
         return (x - mean) * tf.math.rsqrt(variance + self.arch.layer_norm_eps) * gamma + beta
 
     @staticmethod
-    def _project(x: tf.Tensor, params: tuple[tf.Variable, ...]) -> tf.Tensor:
+    def _project(x: tf.Tensor, params: tuple[tf.Variable, ...], dtype: tf.DType) -> tf.Tensor:
+        """x @ kernel + bias, computed and returned in `dtype`."""
         kernel, bias = params
-        return tf.einsum("bsi,io->bso", x, kernel) + bias
+        product = tf.einsum("bsi,io->bso", tf.cast(x, dtype), tf.cast(kernel, dtype))
+        return product + tf.cast(bias, dtype)
 
     @staticmethod
     def _dropout(x: tf.Tensor, rate: float, training: bool) -> tf.Tensor:
         return tf.nn.dropout(x, rate=rate) if training and rate > 0 else x
 
     def _attention(
-        self, x: tf.Tensor, block: _TransformerBlock, bias: tf.Tensor, training: bool
+        self,
+        x: tf.Tensor,
+        block: _TransformerBlock,
+        bias: tf.Tensor,
+        training: bool,
+        dtype: tf.DType,
     ) -> tf.Tensor:
         heads = self.arch.num_heads
         head_size = self.arch.hidden_size // heads
@@ -172,17 +179,28 @@ class BertEncoder(tf.Module):
         def split_heads(t: tf.Tensor) -> tf.Tensor:
             return tf.transpose(tf.reshape(t, [batch, seq, heads, head_size]), [0, 2, 1, 3])
 
-        q = split_heads(self._project(x, block.query))
-        k = split_heads(self._project(x, block.key))
-        v = split_heads(self._project(x, block.value))
-        scores = tf.matmul(q, k, transpose_b=True) * (1.0 / math.sqrt(head_size)) + bias
+        x = tf.cast(x, dtype)  # once, not per projection
+        q = split_heads(self._project(x, block.query, dtype))
+        k = split_heads(self._project(x, block.key, dtype))
+        v = split_heads(self._project(x, block.value, dtype))
+        scores = tf.matmul(tf.cast(q, dtype), tf.cast(k, dtype), transpose_b=True)
+        scores = tf.cast(scores, tf.float32) * (1.0 / math.sqrt(head_size)) + bias
         probs = self._dropout(tf.nn.softmax(scores, axis=-1), self.attention_dropout, training)
+        context = tf.matmul(tf.cast(probs, dtype), tf.cast(v, dtype))
         context = tf.reshape(
-            tf.transpose(tf.matmul(probs, v), [0, 2, 1, 3]), [batch, seq, self.arch.hidden_size]
+            tf.transpose(context, [0, 2, 1, 3]), [batch, seq, self.arch.hidden_size]
         )
-        return self._project(context, block.attention_output)
+        return tf.cast(self._project(context, block.attention_output, dtype), tf.float32)
 
-    def encode(self, inputs: Mapping[str, tf.Tensor], training: bool = False) -> dict[str, Any]:
+    def encode(
+        self,
+        inputs: Mapping[str, tf.Tensor],
+        training: bool = False,
+        matmul_dtype: tf.DType = tf.float32,
+    ) -> dict[str, Any]:
+        """The encoder's outputs; `matmul_dtype=tf.bfloat16` runs the matmuls in bfloat16 (with
+        float32 accumulation on CPUs that have bf16 instructions) while embeddings, residuals,
+        layer norms, softmax and GELU stay float32: GELU's erf has no fast bfloat16 kernel."""
         ids = tf.cast(inputs["input_word_ids"], tf.int32)
         mask = tf.cast(inputs["input_mask"], tf.float32)
         types = tf.cast(inputs["input_type_ids"], tf.int32)
@@ -197,11 +215,16 @@ class BertEncoder(tf.Module):
         layer_outputs = []
         for block in self.blocks:
             attended = self._dropout(
-                self._attention(x, block, bias, training), self.hidden_dropout, training
+                self._attention(x, block, bias, training, matmul_dtype),
+                self.hidden_dropout,
+                training,
             )
             x = self._norm(x + attended, block.attention_norm)
-            hidden = self._activation(self._project(x, block.intermediate))
-            out = self._dropout(self._project(hidden, block.output), self.hidden_dropout, training)
+            hidden = self._activation(
+                tf.cast(self._project(x, block.intermediate, matmul_dtype), tf.float32)
+            )
+            out = tf.cast(self._project(hidden, block.output, matmul_dtype), tf.float32)
+            out = self._dropout(out, self.hidden_dropout, training)
             x = self._norm(x + out, block.output_norm)
             layer_outputs.append(x)
         kernel, bias_p = self.pooler
@@ -217,6 +240,11 @@ class BertEncoder(tf.Module):
     def __call__(self, inputs: Mapping[str, tf.Tensor], training: bool = False) -> dict[str, Any]:
         return self.encode(inputs, training=training)
 
+    @tf.function
+    def call_bfloat16(self, inputs: Mapping[str, tf.Tensor]) -> dict[str, Any]:
+        """Inference with bfloat16 matmuls (`precision: bfloat16`); see `encode`."""
+        return self.encode(inputs, training=False, matmul_dtype=tf.bfloat16)
+
     def input_spec(self) -> dict[str, tf.TensorSpec]:
         return {
             name: tf.TensorSpec([None, None], tf.int32, name=name)
@@ -227,11 +255,13 @@ class BertEncoder(tf.Module):
 def save_encoder(encoder: BertEncoder, export_dir: str) -> None:
     """Save as a Reusable SavedModel that `hub.KerasLayer` can load, fine-tune and call.
 
-    Both the inference and the training graph are traced so `training=` works after loading.
+    Both the inference and the training graph are traced so `training=` works after loading;
+    `call_bfloat16` is kept too, for `precision: bfloat16` embeddings.
     """
     spec = encoder.input_spec()
     encoder.__call__.get_concrete_function(spec, training=False)
     encoder.__call__.get_concrete_function(spec, training=True)
+    encoder.call_bfloat16.get_concrete_function(spec)
 
     @tf.function(input_signature=[spec])
     def serving(inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
@@ -245,6 +275,7 @@ def save_encoder(encoder: BertEncoder, export_dir: str) -> None:
     # SavedModel API that hub.KerasLayer reads wants them as plain attributes of the root.
     root = tf.train.Checkpoint(encoder=encoder)
     root.__call__ = encoder.__call__
+    root.call_bfloat16 = encoder.call_bfloat16
     root.variables = list(encoder.variables)
     root.trainable_variables = list(encoder.trainable_variables)
     root.regularization_losses = []

