@@ -23,7 +23,13 @@ from penultimate.artifacts import Stage
 from penultimate.config import EmbeddingChoice, EmbedPooling, EmbedSource, LayerCombine
 from penultimate.encoders.bert_convert import EncoderPair
 from penultimate.errors import InputError
-from penultimate.features import LoadedEncoder, encode_texts, length_sorted_batches, pool_tokens
+from penultimate.features import (
+    LoadedEncoder,
+    encode_texts,
+    length_sorted_batches,
+    pool_tokens,
+    traced_features,
+)
 from penultimate.pooling import l2_normalize
 
 EMBEDDING_SHARD_STAGE = Stage("embedding-shard", "1")
@@ -80,6 +86,7 @@ class EncoderEmbedder:
             raise ValueError("a bare encoder has no penultimate features; use source: encoder")
         self.loaded, self.choice, self.batch_size = loaded, choice, batch_size
         self.preprocessor = loaded.preprocessor
+        self._run = traced_features(loaded, self._vectors, choice.precision)
 
     def _vectors(self, outputs: Mapping[str, Any], mask: tf.Tensor) -> tf.Tensor:
         choice = self.choice
@@ -93,9 +100,7 @@ class EncoderEmbedder:
         return l2_normalize(vector) if choice.normalize else vector
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        return encode_texts(
-            self.loaded, texts, self._vectors, self.batch_size, self.choice.precision
-        )
+        return encode_texts(self.loaded, texts, self._run, self.batch_size)
 
 
 class ExportedEmbedder:

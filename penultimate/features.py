@@ -80,22 +80,38 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[np.nd
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def encode_texts(
+def traced_features(
     loaded: LoadedEncoder,
-    texts: Sequence[str],
     features: Callable[[Mapping[str, Any], tf.Tensor], tf.Tensor],
-    batch_size: int = 64,
     precision: Precision = Precision.float32,
-) -> np.ndarray:
-    """`features(encoder_outputs, mask)` for every text, in input order, as float32 [n, dim]."""
-    if not texts:
-        raise ValueError("no texts to encode")
-    encoder = loaded.inference(precision)
+) -> Callable[[dict[str, tf.Tensor]], tf.Tensor]:
+    """`features(encoder_outputs, input_mask)` as one graph for every batch shape.
 
-    @tf.function(reduce_retracing=True)
+    Build it once per embedder and reuse it: a trace costs about a second, and a fresh
+    `tf.function` per call (per shard) would pay it again each time.
+    """
+    encoder = loaded.inference(precision)
+    spec = {
+        name: tf.TensorSpec([None, None], tf.int32, name=name)
+        for name in ("input_word_ids", "input_mask", "input_type_ids")
+    }
+
+    @tf.function(input_signature=[spec])
     def run(inputs: dict[str, tf.Tensor]) -> tf.Tensor:
         return features(encoder(inputs), inputs["input_mask"])
 
+    return run
+
+
+def encode_texts(
+    loaded: LoadedEncoder,
+    texts: Sequence[str],
+    run: Callable[[dict[str, tf.Tensor]], tf.Tensor],
+    batch_size: int = 64,
+) -> np.ndarray:
+    """`run` (see `traced_features`) over every text, in input order, as float32 [n, dim]."""
+    if not texts:
+        raise ValueError("no texts to encode")
     # Character length orders texts well enough for batching; exact token counts would cost a pass.
     batches = length_sorted_batches([len(t) for t in texts], batch_size)
     result: np.ndarray | None = None

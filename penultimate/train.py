@@ -25,6 +25,7 @@ from penultimate.features import (
     encode_texts,
     length_sorted_batches,
     pool_encoder_outputs,
+    traced_features,
 )
 
 MODEL_STAGE = Stage("model", "1")
@@ -123,16 +124,14 @@ def compute_features(
 ) -> dict[str, Any]:
     """Pooled encoder features per split as `<split>.npy` (row order = dataset order)."""
     rows = {}
+    run = traced_features(
+        loaded, lambda o, m: pool_encoder_outputs(o, m, config.layer, config.pooling)
+    )
     for split in FEATURE_SPLITS:
         texts = frame.filter(pl.col("split") == split)["text"].to_list()
         if not texts:
             continue
-        vectors = encode_texts(
-            loaded,
-            texts,
-            lambda o, m: pool_encoder_outputs(o, m, config.layer, config.pooling),
-            batch_size,
-        )
+        vectors = encode_texts(loaded, texts, run, batch_size)
         np.save(out / f"{split}.npy", vectors)
         rows[split] = len(texts)
     return {"rows": rows, "layer": config.layer, "pooling": str(config.pooling)}
