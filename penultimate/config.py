@@ -365,3 +365,62 @@ class EmbedConfig(_Config):
         if self.embedding.source == EmbedSource.penultimate and self.export is None:
             raise ValueError("embedding.source: penultimate needs `export` (a trained classifier)")
         return self
+
+
+class ClusterAlgorithm(StrEnum):
+    kmeans = "kmeans"
+    minibatch_kmeans = "minibatch_kmeans"
+    hdbscan = "hdbscan"
+    agglomerative = "agglomerative"
+
+
+class Projection(StrEnum):
+    pca = "pca"
+    umap = "umap"
+    tsne = "tsne"
+
+
+class ClusterConfig(_Config):
+    """Clusters, quality metrics, 2-D maps and a report for an embeddings artifact."""
+
+    embeddings: str | None = Field(
+        None, description="Embeddings artifact folder; None = the one the pipeline just made."
+    )
+    algorithm: ClusterAlgorithm = ClusterAlgorithm.kmeans
+    k: int | None = Field(
+        2, ge=2, le=1000, description="Clusters for kmeans, minibatch_kmeans, agglomerative."
+    )
+    k_range: tuple[int, int] | None = Field(
+        None, description="[lowest, highest] k to try; the best silhouette wins (replaces k)."
+    )
+    min_cluster_size: int = Field(15, ge=2, description="hdbscan: smallest cluster; rest = noise.")
+    reduce_to: int | None = Field(
+        None, ge=2, le=4096, description="PCA to this many dimensions before clustering."
+    )
+    projection: Projection = Field(Projection.pca, description="How the 2-D maps are made.")
+    projection_sample: int = Field(
+        5000, ge=100, description="umap/tsne fit on at most this many points (pca: all)."
+    )
+    fit_sample: int = Field(
+        50_000,
+        ge=100,
+        description="kmeans/hdbscan/agglomerative fit on at most this many points and assign the "
+        "rest in a streaming pass; minibatch_kmeans streams every point.",
+    )
+    metrics_sample: int = Field(
+        5000, ge=100, description="Silhouette, Davies-Bouldin, Calinski-Harabasz sample size."
+    )
+    top_terms: int = Field(10, ge=1, le=100, description="Distinctive terms per cluster.")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_way_to_choose_k(self) -> Self:
+        if self.k_range is not None:
+            low, high = self.k_range
+            if not 2 <= low <= high:
+                raise ValueError("k_range: need 2 <= lowest <= highest")
+            if self.algorithm == ClusterAlgorithm.hdbscan:
+                raise ValueError("k_range: hdbscan finds its own number of clusters")
+        elif self.k is None and self.algorithm != ClusterAlgorithm.hdbscan:
+            raise ValueError(f"k: {self.algorithm} needs k (or k_range)")
+        return self

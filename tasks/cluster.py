@@ -1,0 +1,56 @@
+"""The clustering task: an embeddings artifact -> a cluster artifact (assignments, metrics, report,
+maps, projector files), with the summary table and report published as Prefect artifacts.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from prefect import get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from penultimate.artifacts import ArtifactRef, ArtifactStore
+from penultimate.cluster import CLUSTERS_STAGE, EmbeddingShards, validate_cluster_inputs
+from penultimate.cluster_report import summary_table, write_cluster_artifact
+from penultimate.config import ClusterConfig
+from tasks.caching import artifact_task
+
+
+def cluster_identity(params: Mapping[str, Any]) -> tuple[dict[str, Any], list[ArtifactRef]]:
+    # The embeddings are an input by reference; where the config named them does not matter.
+    config: ClusterConfig = params["config"]
+    return config.model_dump(exclude={"embeddings"}), [params["embeddings"]]
+
+
+@artifact_task(CLUSTERS_STAGE, identity=cluster_identity, name="cluster-embeddings")
+def cluster_embeddings(
+    config: ClusterConfig, embeddings: ArtifactRef, store_root: str
+) -> ArtifactRef:
+    """Validate every shard first (errors name the file and row), then cluster and report."""
+    shards = EmbeddingShards.open(embeddings)
+    validate_cluster_inputs(shards, config)
+    key, inputs = cluster_identity({"config": config, "embeddings": embeddings})
+    store = ArtifactStore(store_root)
+    ref = store.publish(
+        CLUSTERS_STAGE, key, lambda out: write_cluster_artifact(shards, config, out), inputs
+    )
+    metrics = store.read_manifest(ref).metrics  # type: ignore[union-attr]
+    get_run_logger().info(
+        "%d points in %d clusters; %s",
+        metrics["points"],
+        metrics["clusters"],
+        ", ".join(f"{n} {metrics[n]:.3f}" for n in ("silhouette", "ari", "nmi") if n in metrics),
+    )
+    create_table_artifact(
+        key="cluster-summary",
+        table=summary_table(json.loads((ref.path / "metrics.json").read_text())),
+        description=f"Clusters of {embeddings.uri} ({ref.key})",
+    )
+    create_markdown_artifact(
+        key="cluster-report",
+        markdown=(ref.path / "report.md").read_text(),
+        description=f"Cluster report {ref.key} ({ref.uri})",
+    )
+    return ref

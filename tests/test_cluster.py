@@ -1,0 +1,250 @@
+"""Clustering library on embeddings artifacts written through the real artifact store: every
+algorithm and projection, streamed assignment, metrics, report, maps, and each bad input."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from penultimate.artifacts import ArtifactRef, ArtifactStore
+from penultimate.cluster import (
+    ClusterInputError,
+    EmbeddingShards,
+    fit_clusters,
+    validate_cluster_inputs,
+)
+from penultimate.cluster_report import distinctive_terms, write_cluster_artifact
+from penultimate.config import ClusterConfig
+from penultimate.embed import EMBEDDING_SHARD_STAGE, EMBEDDINGS_STAGE, SHARD_FILE
+
+TOPICS = {
+    "space": "rocket orbit launch satellite astronaut",
+    "cooking": "recipe oven garlic butter simmer",
+    "finance": "stock market dividend investor bond",
+}
+
+
+def embeddings_artifact(store: Path, shards: list[tuple[pl.DataFrame, np.ndarray]]) -> ArtifactRef:
+    """An embeddings artifact laid out exactly as the embed flow writes one: a dataset shard and
+    an embedding-shard artifact per shard, and the embeddings artifact listing them."""
+    artifacts = ArtifactStore(store)
+    refs, rows = [], []
+    for index, (frame, vectors) in enumerate(shards):
+        source = store / "dataset" / f"part-{index:05d}.parquet"
+        source.parent.mkdir(parents=True, exist_ok=True)
+        frame.write_parquet(source)
+
+        def write(
+            out: Path,
+            frame: pl.DataFrame = frame,
+            vectors: np.ndarray = vectors,
+            source: Path = source,
+        ) -> dict:
+            # Built by hand, not with embeddings_table, which refuses NaN: another producer may not.
+            embedding = pa.FixedSizeListArray.from_arrays(
+                pa.array(vectors.ravel()), vectors.shape[1]
+            )
+            table = frame.select("id", "label").to_arrow().append_column("embedding", embedding)
+            pq.write_table(table, out / SHARD_FILE)
+            return {"rows": frame.height, "dim": vectors.shape[1], "source_shard": str(source)}
+
+        refs.append(artifacts.publish(EMBEDDING_SHARD_STAGE, {"shard": index, "n": len(frame),
+                    "sum": float(np.nansum(vectors))}, write))  # fmt: skip
+        rows.append(frame.height)
+    return artifacts.publish(
+        EMBEDDINGS_STAGE,
+        {"shards": [r.key for r in refs]},
+        lambda out: {
+            "shards": [{"uri": r.uri, "rows": n} for r, n in zip(refs, rows, strict=True)]
+        },
+        refs,
+    )
+
+
+def topic_shards(
+    points_per_topic: int, shards: int, seed: int = 0
+) -> list[tuple[pl.DataFrame, np.ndarray]]:
+    """Three well-separated topics in 32 dimensions, with texts that name them, split in shards."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(len(TOPICS), 32)) * 4
+    ids, texts, labels, vectors = [], [], [], []
+    for t, (topic, words) in enumerate(TOPICS.items()):
+        for i in range(points_per_topic):
+            ids.append(f"{topic}-{i}")
+            texts.append(f"{words} note {i}")
+            labels.append(topic)
+            vectors.append(centres[t] + rng.normal(size=32))
+    order = rng.permutation(len(ids))
+    frame = pl.DataFrame({"id": ids, "text": texts, "label": labels})[order]
+    matrix = np.asarray(vectors, np.float32)[order]
+    bounds = np.linspace(0, len(ids), shards + 1).astype(int)
+    return [(frame[a:b], matrix[a:b]) for a, b in itertools.pairwise(bounds)]
+
+
+@pytest.fixture
+def topics(tmp_path: Path) -> ArtifactRef:
+    return embeddings_artifact(tmp_path / "store", topic_shards(60, 4))
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"algorithm": "kmeans", "k": 3},
+        {"algorithm": "minibatch_kmeans", "k": 3, "reduce_to": 8},
+        {"algorithm": "agglomerative", "k": 3, "fit_sample": 100},
+        {"algorithm": "hdbscan", "k": None, "min_cluster_size": 10, "projection": "tsne"},
+        {"algorithm": "kmeans", "k": None, "k_range": [2, 6], "projection": "umap"},
+    ],
+    ids=["kmeans", "minibatch-pca", "agglomerative-sampled", "hdbscan-tsne", "k-range-umap"],
+)
+def test_every_algorithm_recovers_the_topics(
+    topics: ArtifactRef, tmp_path: Path, config: dict
+) -> None:
+    out = tmp_path / "clusters"
+    out.mkdir()
+    shards = EmbeddingShards.open(topics)
+    parsed = ClusterConfig.model_validate(config)
+    validate_cluster_inputs(shards, parsed)
+    metrics = write_cluster_artifact(shards, parsed, out)
+    assert metrics["ari"] >= 0.95 and metrics["nmi"] >= 0.9 and metrics["purity"] >= 0.95
+    assert metrics["points"] == 180 and metrics["clusters"] == 3
+    assert metrics["silhouette"] > 0.5
+    if "k_range" in config:
+        assert set(metrics["silhouette_by_k"]) == {"2", "3", "4", "5", "6"}
+    assignments = pl.read_parquet(sorted((out / "assignments").glob("*.parquet")))
+    assert assignments.columns == ["id", "cluster", "x", "y", "label"]
+    source = pl.concat(
+        [pl.read_parquet(f) for f in sorted((topics.path.parent.parent / "dataset").glob("*"))]
+    )
+    assert assignments["id"].to_list() == source["id"].to_list()  # every point, in order
+    assert assignments["x"].is_finite().all() and assignments["y"].is_finite().all()
+    full = json.loads((out / "metrics.json").read_text())
+    for cluster, terms in full["terms"].items():
+        mix = full["label_mix"][cluster]
+        topic = max(mix, key=mix.get)
+        assert set(terms[:5]) == set(TOPICS[topic].split())  # c-TF-IDF names the topic
+    report = (out / "report.md").read_text()
+    assert report.count("## cluster") == 3 and "Nearest the centroid" in report
+    for name in ("map_by_cluster.png", "map_by_label.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    page = (out / "map.html").read_text()
+    assert page.count("<circle") == 180 and "rocket orbit" in page and "<script" not in page
+    projector = out / "projector"
+    assert len((projector / "tensors.tsv").read_text().splitlines()) == 180
+    metadata = (projector / "metadata.tsv").read_text().splitlines()
+    assert metadata[0] == "id\tcluster\tlabel\ttext" and len(metadata) == 181
+    assert 'tensor_path: "tensors.tsv"' in (projector / "projector_config.pbtxt").read_text()
+
+
+def test_hdbscan_noise_is_its_own_group(tmp_path: Path) -> None:
+    frame, matrix = topic_shards(40, 1)[0]
+    outliers = np.random.default_rng(1).uniform(-60, 60, size=(6, 32)).astype(np.float32)
+    frame = pl.concat(
+        [
+            frame,
+            pl.DataFrame(
+                {"id": [f"odd-{i}" for i in range(6)], "text": ["odd"] * 6, "label": ["odd"] * 6}
+            ),
+        ]
+    )
+    ref = embeddings_artifact(tmp_path / "store", [(frame, np.vstack([matrix, outliers]))])
+    out = tmp_path / "c"
+    out.mkdir()
+    metrics = write_cluster_artifact(
+        EmbeddingShards.open(ref), ClusterConfig(algorithm="hdbscan", k=None), out
+    )
+    assert metrics["noise_points"] >= 6 and metrics["sizes"]["-1"] == metrics["noise_points"]
+    assert "## noise" in (out / "report.md").read_text()
+
+
+def test_minibatch_streams_and_matches_full_kmeans(topics: ArtifactRef) -> None:
+    shards = EmbeddingShards.open(topics)
+    # A fit sample smaller than one shard: minibatch still sees every point through partial_fit.
+    streamed = fit_clusters(
+        shards, ClusterConfig(algorithm="minibatch_kmeans", k=3, fit_sample=100)
+    )
+    exact = fit_clusters(shards, ClusterConfig(algorithm="kmeans", k=3))
+    _, matrix = topic_shards(60, 1)[0]
+    from sklearn.metrics import adjusted_rand_score
+
+    assert adjusted_rand_score(exact.assign(matrix), streamed.assign(matrix)) == 1.0
+    assert streamed.model.n_steps_ > 1  # type: ignore[union-attr]
+
+
+def test_distinctive_terms_prefer_what_sets_a_cluster_apart() -> None:
+    terms = distinctive_terms(
+        {0: ["the spam offer free money", "free money now"], 1: ["meeting notes money agenda"]}, 2
+    )
+    assert terms[0] == ["free", "offer"] or terms[0][0] == "free"
+    assert "agenda" in terms[1] and "money" not in terms[1]
+
+
+def bad(
+    tmp_path: Path, shards: list[tuple[pl.DataFrame, np.ndarray]], config: ClusterConfig
+) -> str:
+    ref = embeddings_artifact(tmp_path / "store", shards)
+    with pytest.raises(ClusterInputError) as error:
+        validate_cluster_inputs(EmbeddingShards.open(ref), config)
+    return str(error.value)
+
+
+def test_k_larger_than_the_points_is_an_error(tmp_path: Path) -> None:
+    small = topic_shards(1, 1)
+    assert "k: 5 is larger than the number of points (3)" in bad(
+        tmp_path, small, ClusterConfig(k=5)
+    )
+
+
+def test_fewer_than_two_points_is_an_error(tmp_path: Path) -> None:
+    one = [
+        (pl.DataFrame({"id": ["a"], "text": ["x"], "label": ["l"]}), np.ones((1, 4), np.float32))
+    ]
+    ref = embeddings_artifact(tmp_path / "store", one)
+    with pytest.raises(ClusterInputError, match="1 point"):
+        EmbeddingShards.open(ref)
+
+
+def test_nan_or_inf_names_the_shard_and_row(tmp_path: Path) -> None:
+    shards = topic_shards(10, 3)
+    frame, matrix = shards[2]
+    matrix = matrix.copy()
+    matrix[4, 7] = np.inf
+    shards[2] = (frame, matrix)
+    message = bad(tmp_path, shards, ClusterConfig(k=3))
+    assert "embeddings.parquet: row 4 (id " in message and frame["id"][4] in message
+    assert ArtifactStore(tmp_path / "store").artifacts(EMBEDDING_SHARD_STAGE)  # it was a real shard
+
+
+def test_shards_of_different_dimensions_are_an_error(tmp_path: Path) -> None:
+    (a, x), (b, y) = topic_shards(10, 2)
+    ref = embeddings_artifact(tmp_path / "store", [(a, x), (b, y[:, :16])])
+    with pytest.raises(ClusterInputError, match="dimension 16, but earlier shards have"):
+        EmbeddingShards.open(ref)
+
+
+def test_an_incomplete_embeddings_artifact_is_an_error(topics: ArtifactRef) -> None:
+    (topics.path / "manifest.json").unlink()
+    with pytest.raises(ClusterInputError, match="not a complete embeddings artifact"):
+        EmbeddingShards.open(topics)
+
+
+def test_a_damaged_shard_file_is_an_error(topics: ArtifactRef) -> None:
+    manifest = ArtifactStore(topics.path.parent.parent).read_manifest(topics)
+    shard = Path(manifest.metrics["shards"][1]["uri"]) / SHARD_FILE  # type: ignore[union-attr]
+    shard.write_bytes(shard.read_bytes()[:-10])
+    with pytest.raises(ClusterInputError, match="embedding shard missing or damaged"):
+        EmbeddingShards.open(topics)
+
+
+def test_config_errors_name_the_field() -> None:
+    with pytest.raises(ValueError, match="k_range: need 2 <= lowest <= highest"):
+        ClusterConfig(k_range=(4, 3))
+    with pytest.raises(ValueError, match="hdbscan finds its own"):
+        ClusterConfig(algorithm="hdbscan", k_range=(2, 4))
