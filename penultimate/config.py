@@ -348,17 +348,22 @@ class DaskRunnerConfig(_Config):
     )
 
 
-class EmbedConfig(_Config):
+class EmbedStageConfig(_Config):
+    """What to embed and where to run it; the model comes from `EmbedConfig` or the pipeline."""
+
+    embedding: EmbeddingChoice = Field(default_factory=EmbeddingChoice)
+    splits: list[str] | None = Field(None, description="Only these splits; None = every row.")
+    batch_size: int = Field(64, ge=1, le=4096)
+    runner: DaskRunnerConfig = Field(default_factory=DaskRunnerConfig)
+
+
+class EmbedConfig(EmbedStageConfig):
     """Embeddings of a dataset's shards from an exported classifier or a bare encoder, on Dask."""
 
     export: str | None = Field(
         None, description="Export artifact folder; None = the bare encoder in `encoder`."
     )
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
-    embedding: EmbeddingChoice = Field(default_factory=EmbeddingChoice)
-    splits: list[str] | None = Field(None, description="Only these splits; None = every row.")
-    batch_size: int = Field(64, ge=1, le=4096)
-    runner: DaskRunnerConfig = Field(default_factory=DaskRunnerConfig)
 
     @model_validator(mode="after")
     def _penultimate_needs_a_classifier(self) -> Self:
@@ -424,3 +429,29 @@ class ClusterConfig(_Config):
         elif self.k is None and self.algorithm != ClusterAlgorithm.hdbscan:
             raise ValueError(f"k: {self.algorithm} needs k (or k_range)")
         return self
+
+
+class PipelineConfig(_Config):
+    """Every stage in one file: ingest -> train -> export -> embed -> cluster."""
+
+    ingest: IngestConfig
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    embed: EmbedStageConfig = Field(
+        default_factory=lambda: EmbedStageConfig(
+            embedding=EmbeddingChoice(source=EmbedSource.penultimate)
+        ),
+        description="Embeddings of the dataset from the exported classifier (default: its "
+        "penultimate features, before dropout) or from its encoder's layers.",
+    )
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+
+    @model_validator(mode="after")
+    def _stages_take_their_inputs_from_the_pipeline(self) -> Self:
+        if self.cluster.embeddings is not None:
+            raise ValueError("cluster.embeddings: the pipeline clusters the embeddings it makes")
+        return self
+
+    def embed_config(self, export_uri: str) -> EmbedConfig:
+        """The embed stage's config with the exported classifier as its model."""
+        return EmbedConfig(**dict(self.embed), export=export_uri, encoder=self.train.encoder)

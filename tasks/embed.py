@@ -4,6 +4,7 @@ model once), and the collecting task that publishes the embeddings artifact.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ def embed_shard(
     config: EmbedConfig, model: ArtifactRef, shard: str, shard_sha256: str, store_root: str
 ) -> ArtifactRef:
     """Embed one dataset shard into its own artifact; the model is loaded once per worker."""
+    loads_before = load_embedder.cache_info().misses
     embedder = load_embedder(
         model.stage,
         model.uri,
@@ -57,6 +59,8 @@ def embed_shard(
         config.batch_size,
         config.runner.tf_threads,
     )
+    # Each worker process loads the model for its first shard and reuses it for the rest.
+    model_loaded_here = load_embedder.cache_info().misses > loads_before
     key, inputs = shard_identity({"config": config, "model": model, "shard_sha256": shard_sha256})
 
     def write(out: Path) -> dict[str, Any]:
@@ -73,7 +77,13 @@ def embed_shard(
             stats["truncated"],
             peak_mb,
         )
-        return {**stats, "worker_peak_rss_mb": peak_mb, "source_shard": shard}
+        return {
+            **stats,
+            "worker_peak_rss_mb": peak_mb,
+            "worker_pid": os.getpid(),
+            "model_loaded_here": model_loaded_here,
+            "source_shard": shard,
+        }
 
     return ArtifactStore(store_root).publish(EMBEDDING_SHARD_STAGE, key, write, inputs)
 

@@ -5,11 +5,13 @@ The server and the encoder are built once per session; each test gets its own ar
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -70,6 +72,16 @@ def encoder_store(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(tmp_path_factory.mktemp("encoder-store"))
 
 
+@pytest.fixture
+def store_with_encoder(tmp_path: Path, minilm_pair: Path) -> str:
+    """A fresh store holding the session's built encoder (copied, so nothing rebuilds it)."""
+    import shutil
+
+    root = tmp_path / "store"
+    shutil.copytree(minilm_pair, root / minilm_pair.parent.name / minilm_pair.name)
+    return str(root)
+
+
 @pytest.fixture(scope="session")
 def minilm_pair(prefect_api: str, encoder_store: str) -> Path:
     """The built-in encoder, built once through the real build-encoder flow."""
@@ -94,22 +106,70 @@ def prefect_artifact_keys(api_url: str) -> set[str]:
     return {artifact["key"] for artifact in response.json() if artifact.get("key")}
 
 
-def task_state_counts(flow_state: object) -> dict[tuple[str, str], int]:
-    """(task name, state name) -> how many task runs of the flow run ended so."""
+def task_state_counts(flow_state: object, subflows: bool = False) -> dict[tuple[str, str], int]:
+    """(task name, state name) -> how many task runs of the flow run (and, with `subflows`, of
+    every flow run below it) ended so."""
     from collections import Counter
 
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-    from prefect.client.schemas.sorting import TaskRunSort
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        FlowRunFilterParentFlowRunId,
+    )
+    from prefect.client.schemas.sorting import FlowRunSort, TaskRunSort
 
-    flow_run_id = flow_state.state_details.flow_run_id  # type: ignore[attr-defined]
+    flow_run_ids = [flow_state.state_details.flow_run_id]  # type: ignore[attr-defined]
     with get_client(sync_client=True) as client:
+        frontier = list(flow_run_ids)
+        while subflows and frontier:
+            children = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=frontier)
+                ),
+                sort=FlowRunSort.START_TIME_ASC,
+                limit=200,
+            )
+            frontier = [child.id for child in children]
+            flow_run_ids += frontier
         runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=flow_run_ids)),
             sort=TaskRunSort.EXPECTED_START_TIME_ASC,
             limit=200,
         )
     return dict(Counter((run.name.rsplit("-", 1)[0], run.state.name) for run in runs))
+
+
+@contextlib.contextmanager
+def dask_cluster_processes(workers: int) -> Iterator[tuple[str, list[subprocess.Popen[bytes]]]]:
+    """A real `dask scheduler` and `workers` single-threaded `dask worker` processes (no nanny, so
+    a killed worker stays dead) on 127.0.0.1; yields the address and the worker processes."""
+    from penultimate.prefect_server import free_port
+
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    dask = str(Path(sys.executable).parent / "dask")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    quiet: dict[str, Any] = {"env": env, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    scheduler = subprocess.Popen(
+        [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"], **quiet
+    )
+    worker = [dask, "worker", address, "--nthreads", "1", "--no-nanny"]
+    worker_processes = [
+        subprocess.Popen([*worker, "--no-dashboard", "--name", f"worker-{i}"], **quiet)
+        for i in range(workers)
+    ]
+    try:
+        from distributed import Client
+
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(workers, timeout=120)
+        yield address, worker_processes
+    finally:
+        for process in [*worker_processes, scheduler]:
+            process.terminate()
+        for process in [*worker_processes, scheduler]:
+            process.wait(timeout=30)
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:

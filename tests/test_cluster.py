@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import run_cli
 from penultimate.artifacts import ArtifactRef, ArtifactStore
 from penultimate.cluster import (
     ClusterInputError,
@@ -248,3 +249,16 @@ def test_config_errors_name_the_field() -> None:
         ClusterConfig(k_range=(4, 3))
     with pytest.raises(ValueError, match="hdbscan finds its own"):
         ClusterConfig(algorithm="hdbscan", k_range=(2, 4))
+
+
+def test_cli_names_the_bad_field_and_the_incomplete_artifact(
+    topics: ArtifactRef, tmp_path: Path
+) -> None:
+    config = tmp_path / "cluster.yaml"
+    config.write_text("algorithm: kmeans\nk: 1\n")
+    result = run_cli("cluster", "--config", str(config), "--embeddings", topics.uri)
+    assert result.returncode == 2 and "cluster.yaml" in result.stderr and "k" in result.stderr
+    config.write_text("k: 2\n")
+    (topics.path / "manifest.json").unlink()
+    result = run_cli("cluster", "--config", str(config), "--embeddings", topics.uri)
+    assert result.returncode == 2 and "not a complete artifact" in result.stderr

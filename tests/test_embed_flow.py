@@ -4,10 +4,6 @@ workers on 127.0.0.1) and a real Prefect server: parity, order, caching, and a f
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,13 +11,18 @@ import numpy as np
 import polars as pl
 import pytest
 
-from conftest import FIXTURES, prefect_artifact_keys, task_run_states, task_state_counts
+from conftest import (
+    FIXTURES,
+    dask_cluster_processes,
+    prefect_artifact_keys,
+    task_run_states,
+    task_state_counts,
+)
 from flows.embed import embed, embed_shards
 from flows.ingest import ingest
 from penultimate.artifacts import ArtifactRef, ArtifactStore
 from penultimate.config import EmbedConfig, IngestConfig
 from penultimate.embed import embedding_shard_files, read_embeddings
-from penultimate.prefect_server import free_port
 from tasks.embed import dask_task_runner
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -74,51 +75,8 @@ def test_local_cluster_reproduces_sentence_transformers_in_order(
 
 @pytest.fixture(scope="module")
 def dask_cluster() -> Iterator[str]:
-    """`dask scheduler` and two `dask worker` processes on 127.0.0.1."""
-    port = free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    processes = [
-        subprocess.Popen(
-            [
-                str(bin_dir / "dask"),
-                "scheduler",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--no-dashboard",
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-    ]
-    time.sleep(3)
-    processes += [
-        subprocess.Popen(
-            [
-                str(bin_dir / "dask"),
-                "worker",
-                address,
-                "--nthreads",
-                "1",
-                "--no-dashboard",
-                "--name",
-                f"worker-{i}",
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for i in range(2)
-    ]
-    time.sleep(5)
-    yield address
-    for process in reversed(processes):
-        process.terminate()
-        process.wait(timeout=30)
+    with dask_cluster_processes(2) as (address, _):
+        yield address
 
 
 def test_existing_cluster_by_address_gives_the_same_embeddings(

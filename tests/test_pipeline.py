@@ -1,0 +1,88 @@
+"""The pipeline flow end to end on real mail, a real Prefect server and a local Dask cluster: the
+penultimate embeddings separate spam from ham, and a rerun redoes exactly what its change touches.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import prefect_artifact_keys, task_state_counts
+from flows.pipeline import pipeline
+from penultimate.config import PipelineConfig
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+STAGE_TASKS = {
+    "ingest-dataset",
+    "build-encoder",
+    "check-training-inputs",
+    "encode-features",
+    "train-classifier",
+    "export-classifier",
+    "embed-shard",
+    "collect-embeddings",
+    "cluster-embeddings",
+}
+
+
+def states_by_task(state: object) -> dict[str, set[str]]:
+    """Task name -> the states its runs ended in, over the pipeline and all its subflows."""
+    result: dict[str, set[str]] = {}
+    for (name, state_name), _ in task_state_counts(state, subflows=True).items():
+        result.setdefault(name, set()).add(state_name)
+    return result
+
+
+def run(config: PipelineConfig, store: str) -> tuple[object, dict[str, set[str]]]:
+    state = pipeline(config=config, store_root=store, return_state=True)
+    assert state.is_completed(), state.message
+    return state, states_by_task(state)
+
+
+def test_pipeline_reruns_only_what_changed(
+    corpus_slice: Path, store_with_encoder: str, prefect_api: str
+) -> None:
+    store = store_with_encoder
+    config = PipelineConfig.model_validate(
+        {
+            "ingest": {"source": str(corpus_slice), "text_format": "email",
+                       "text_column": "raw", "shard_rows": 100},
+            # A hidden layer makes the penultimate features learned (with a linear head they
+            # would be the encoder's pooled output, which clusters by topic, not by spam/ham).
+            "train": {"hidden": [{"units": 64}], "dropout": [{"at": "hidden:0", "rate": 0.2}],
+                      "learning_rate": 3e-3, "epochs": 10},
+            "embed": {"embedding": {"source": "penultimate"}, "runner": {"n_workers": 1}},
+            "cluster": {"k": 2},
+        }
+    )  # fmt: skip
+    state, first = run(config, store)
+    # Besides these, each subflow shows up as a task run of its parent (ingest, train, ...).
+    assert STAGE_TASKS | {"publish-pipeline-summary"} <= set(first)
+    refs = state.result()  # type: ignore[attr-defined]
+    metrics = json.loads((refs["cluster"].path / "metrics.json").read_text())
+    # The classifier's penultimate features separate spam from ham (issue 5's quality bar).
+    assert metrics["ari"] >= 0.8, metrics
+    assert "pipeline-summary" in prefect_artifact_keys(prefect_api)
+    assert {"cluster-summary", "cluster-report"} <= prefect_artifact_keys(prefect_api)
+
+    _, again = run(config, store)
+    assert {name: again[name] for name in STAGE_TASKS} == {name: {"Cached"} for name in STAGE_TASKS}
+
+    new_k = config.model_copy(update={"cluster": config.cluster.model_copy(update={"k": 3})})
+    _, cluster_only = run(new_k, store)
+    assert cluster_only.pop("cluster-embeddings") == {"Completed"}
+    assert all(cluster_only[name] == {"Cached"} for name in STAGE_TASKS - {"cluster-embeddings"})
+
+    dropout = config.model_copy(
+        update={"train": config.train.model_copy(update={"dropout": [{"at": "head", "rate": 0.3}]})}
+    )
+    _, retrained = run(PipelineConfig.model_validate(dropout.model_dump()), store)
+    for name in ("train-classifier", "export-classifier", "embed-shard", "collect-embeddings",
+                 "cluster-embeddings"):  # fmt: skip
+        assert retrained[name] == {"Completed"}, name
+    # Head dropout does not change the frozen encoder's features, so those stay cached too.
+    for name in ("ingest-dataset", "build-encoder", "encode-features"):
+        assert retrained[name] == {"Cached"}, name
