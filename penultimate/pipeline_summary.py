@@ -18,7 +18,8 @@ def headline(stage: str, metrics: Mapping) -> str:
         numbers = ("accuracy", "f1", "roc_auc")
         return "test " + ", ".join(f"{n} {test[n]:.4f}" for n in numbers if test.get(n) is not None)
     if stage == "export":
-        return f"reloaded in a fresh process, max abs diff {metrics.get('max_abs_diff')}"
+        diffs = (metrics.get("max_abs_diff") or {}).values()
+        return f"reloaded in a fresh process, max abs diff {max(diffs, default=float('nan')):.1e}"
     if stage == "embeddings":
         return f"{metrics.get('rows')} vectors of dim {metrics.get('dim')}"
     if stage == "clusters":

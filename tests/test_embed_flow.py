@@ -100,10 +100,12 @@ def test_existing_cluster_by_address_gives_the_same_embeddings(
 
 
 def test_a_corrupt_shard_fails_alone_and_a_rerun_after_the_fix_does_only_it(
-    sentences: ArtifactRef, encoder_store: str
+    sentences: ArtifactRef, encoder_store: str, dask_cluster: str
 ) -> None:
     store = encoder_store
-    config = EmbedConfig.model_validate({"embedding": {"layers": [-2]}})
+    config = EmbedConfig.model_validate(
+        {"embedding": {"layers": [-2]}, "runner": {"dask_address": dask_cluster}}
+    )
     shard = sentences.path / "data" / "part-00001.parquet"
     original = shard.read_bytes()
     try:

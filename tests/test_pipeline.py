@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import prefect_artifact_keys, task_state_counts
+from conftest import dask_cluster_processes, prefect_artifact_keys, task_state_counts
 from flows.pipeline import pipeline
 from penultimate.config import PipelineConfig
 
@@ -45,7 +45,12 @@ def run(config: PipelineConfig, store: str) -> tuple[object, dict[str, set[str]]
 def test_pipeline_reruns_only_what_changed(
     corpus_slice: Path, store_with_encoder: str, prefect_api: str
 ) -> None:
-    store = store_with_encoder
+    # An existing cluster for the four runs, so Dask and TensorFlow start once, not per run.
+    with dask_cluster_processes(2) as (address, _):
+        check_reruns(corpus_slice, store_with_encoder, prefect_api, address)
+
+
+def check_reruns(corpus_slice: Path, store: str, prefect_api: str, address: str) -> None:
     config = PipelineConfig.model_validate(
         {
             "ingest": {"source": str(corpus_slice), "text_format": "email",
@@ -54,7 +59,7 @@ def test_pipeline_reruns_only_what_changed(
             # would be the encoder's pooled output, which clusters by topic, not by spam/ham).
             "train": {"hidden": [{"units": 64}], "dropout": [{"at": "hidden:0", "rate": 0.2}],
                       "learning_rate": 3e-3, "epochs": 10},
-            "embed": {"embedding": {"source": "penultimate"}, "runner": {"n_workers": 1}},
+            "embed": {"embedding": {"source": "penultimate"}, "runner": {"dask_address": address}},
             "cluster": {"k": 2},
         }
     )  # fmt: skip
