@@ -46,9 +46,9 @@ $(ST_ENV)/.installed:
 	touch $@
 
 bench-embed: $(INSTALLED) $(ST_ENV)/.installed
-	$(PY) -m benchmarks.bench_embed --st-python $(ST_ENV)/bin/python
+	$(PY) -m benchmarks.bench_embed --st-python $(ST_ENV)/bin/python $(ARGS)
 
 bench-cluster: $(INSTALLED)
-	$(PY) -m benchmarks.bench_cluster
+	$(PY) -m benchmarks.bench_cluster $(ARGS)
 
 bench: bench-train bench-embed bench-cluster

@@ -211,7 +211,7 @@ def main() -> None:
             "| --- | --- | --- | --- | --- | --- |",
             *scale_rows,
         ],
-        command="make bench-cluster",
+        command=" ".join(["make bench-cluster: python -m benchmarks.bench_cluster", *sys.argv[1:]]),
     )
     shutil.rmtree(work, ignore_errors=True)
 
