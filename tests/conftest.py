@@ -166,9 +166,24 @@ def dask_cluster_processes(workers: int) -> Iterator[tuple[str, list[subprocess.
             client.wait_for_workers(workers, timeout=120)
         yield address, worker_processes
     finally:
-        for process in [*worker_processes, scheduler]:
-            process.terminate()
-        for process in [*worker_processes, scheduler]:
+        # Workers before the scheduler: a worker whose scheduler is gone keeps retrying instead of
+        # exiting, so SIGTERM can leave it hanging; stop_processes kills what outlives its grace.
+        stop_processes(worker_processes)
+        stop_processes([scheduler])
+
+
+def stop_processes(processes: list[subprocess.Popen[bytes]], grace_seconds: float = 15) -> None:
+    """SIGTERM every process, then SIGKILL those still running after `grace_seconds`."""
+    import time
+
+    for process in processes:
+        process.terminate()
+    deadline = time.monotonic() + grace_seconds
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
             process.wait(timeout=30)
 
 
