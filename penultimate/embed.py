@@ -26,6 +26,8 @@ from penultimate.errors import InputError
 from penultimate.features import (
     LoadedEncoder,
     encode_texts,
+    encoder_choice_names,
+    encoder_choices,
     length_sorted_batches,
     pool_tokens,
     traced_features,
@@ -46,9 +48,12 @@ class Embedder(Protocol):
     """Texts in, one float32 vector per text out: `embed(texts) -> [len(texts), dim]`.
 
     `preprocessor` is the TF-Hub-format preprocessor the embedder tokenizes with.
+    `choice_blocks` names, for `source: all_choices`, the side-by-side blocks each vector is made
+    of, in order, as `{"name": "layer_3_mean", "dim": 384}`; None for a single choice.
     """
 
     preprocessor: Any
+    choice_blocks: list[dict[str, Any]] | None
 
     def embed(self, texts: Sequence[str]) -> np.ndarray: ...
 
@@ -57,6 +62,17 @@ def _pool(states: tf.Tensor, mask: tf.Tensor, pooling: str) -> tf.Tensor:
     if pooling == EmbedPooling.mean_max:
         return tf.concat([pool_tokens(states, mask, "mean"), pool_tokens(states, mask, "max")], -1)
     return pool_tokens(states, mask, pooling)
+
+
+def concat_choices(choices: Mapping[str, tf.Tensor], normalize: bool) -> tf.Tensor:
+    """Named [batch, dim] vectors side by side, each L2-normalised on its own if `normalize`, so a
+    block equals the vector its single choice would give."""
+    return tf.concat([l2_normalize(v) if normalize else v for v in choices.values()], axis=-1)
+
+
+def choice_blocks(choices: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """`{"name", "dim"}` per named vector (tensor or TensorSpec), in order."""
+    return [{"name": name, "dim": int(v.shape[-1])} for name, v in choices.items()]
 
 
 def combine_layers(vectors: Sequence[tf.Tensor], combine: str) -> tf.Tensor:
@@ -73,7 +89,8 @@ class EncoderEmbedder:
 
     Args:
         loaded: the preprocessor and encoder, loaded once.
-        choice: layers, combine, pooling and normalisation (source must be `encoder`).
+        choice: layers, combine, pooling and normalisation (source `encoder`), or every layer
+            and pooling side by side (source `all_choices`; see `choice_blocks`).
         batch_size: texts per encoder call (batches are length-sorted and padded per batch).
 
     Example:
@@ -82,14 +99,21 @@ class EncoderEmbedder:
     """
 
     def __init__(self, loaded: LoadedEncoder, choice: EmbeddingChoice, batch_size: int = 64):
-        if choice.source != EmbedSource.encoder:
+        if choice.source == EmbedSource.penultimate:
             raise ValueError("a bare encoder has no penultimate features; use source: encoder")
         self.loaded, self.choice, self.batch_size = loaded, choice, batch_size
         self.preprocessor = loaded.preprocessor
+        self.choice_blocks = None
+        if choice.source == EmbedSource.all_choices:
+            inputs = loaded.tokenize([""])
+            outputs = loaded.inference(choice.precision)(inputs)
+            self.choice_blocks = choice_blocks(encoder_choices(outputs, inputs["input_mask"]))
         self._run = traced_features(loaded, self._vectors, choice.precision)
 
     def _vectors(self, outputs: Mapping[str, Any], mask: tf.Tensor) -> tf.Tensor:
         choice = self.choice
+        if choice.source == EmbedSource.all_choices:
+            return concat_choices(encoder_choices(outputs, mask), choice.normalize)
         if choice.pooling == EmbedPooling.pooled:
             vector = outputs["pooled_output"]
         else:
@@ -112,12 +136,22 @@ class ExportedEmbedder:
         self.model = tf.saved_model.load(str(saved_model))
         self.preprocessor = self.model.preprocessor
         self.choice, self.batch_size = choice, batch_size
-        self.num_layers = sum(
-            1 for k in self.model.signatures["encode"].structured_outputs if k.endswith("_cls")
-        )
+        encode_outputs = self.model.signatures["encode"].structured_outputs
+        self.num_layers = sum(1 for k in encode_outputs if k.endswith("_cls"))
+        self.choice_blocks = None
+        if choice.source == EmbedSource.all_choices:
+            specs = {name: encode_outputs[name] for name in encoder_choice_names(self.num_layers)}
+            specs["penultimate"] = self.model.signatures["embed"].structured_outputs["embedding"]
+            self.choice_blocks = choice_blocks(specs)
 
     def _vectors(self, texts: tf.Tensor) -> tf.Tensor:
         choice = self.choice
+        if choice.source == EmbedSource.all_choices:
+            # Two passes, not one per choice: `encode` serves every layer and pooling at once.
+            choices = self.model.signatures["encode"](text=texts)
+            ordered = {name: choices[name] for name in encoder_choice_names(self.num_layers)}
+            ordered["penultimate"] = self.model.signatures["embed"](text=texts)["embedding"]
+            return concat_choices(ordered, choice.normalize)
         if choice.source == EmbedSource.penultimate:
             vector = self.model.signatures["embed"](text=texts)["embedding"]
         else:
@@ -194,9 +228,9 @@ def extract_shard_embeddings(
     out: Path,
     choice: EmbeddingChoice,
     splits: Sequence[str] | None,
-) -> dict[str, int]:
+) -> dict[str, Any]:
     """Embed one dataset shard into `out` (written atomically); returns rows, dim, truncated
-    texts and throughput."""
+    texts, throughput and, for `all_choices`, the blocks of each vector."""
     frame = read_shard(shard, splits)
     started = time.perf_counter()
     if frame.height == 0:
@@ -217,6 +251,7 @@ def extract_shard_embeddings(
         "dim": int(vectors.shape[1]),
         "truncated": truncated,
         "texts_per_s": round(frame.height / seconds, 1) if seconds > 0 else 0.0,
+        "choice_blocks": embedder.choice_blocks,
     }
 
 

@@ -15,12 +15,11 @@ import numpy as np
 import tensorflow as tf
 
 from penultimate.artifacts import Stage
-from penultimate.features import pool_tokens
+from penultimate.features import encoder_choices
 from penultimate.train import TrainedClassifier, logits_to_probabilities
 
 EXPORT_STAGE = Stage("export", "1")
 SAVED_MODEL_DIR = "saved_model"
-TOKEN_POOLINGS = ("cls", "mean", "max")
 VERIFY_BATCH_SIZES = (1, 7, 64)
 TOLERANCE = 1e-5
 _CHECKER = Path(__file__).with_name("export_check.py")
@@ -29,11 +28,6 @@ _TEXT = tf.TensorSpec([None], tf.string, name="text")
 
 class ExportVerificationError(RuntimeError):
     """The reloaded SavedModel disagrees with the trained model; the export is not published."""
-
-
-def encode_output_names(num_layers: int) -> list[str]:
-    """`encode` keys: `layer_<i>_<pooling>` per layer and token pooling, plus `pooled`."""
-    return [f"layer_{i}_{p}" for i in range(num_layers) for p in TOKEN_POOLINGS] + ["pooled"]
 
 
 class ClassifierServing(tf.Module):
@@ -67,13 +61,7 @@ class ClassifierServing(tf.Module):
     def encode(self, text: tf.Tensor) -> dict[str, tf.Tensor]:
         inputs = self._inputs(text)
         outputs = self.classifier.encoder(inputs, training=False)
-        result = {
-            f"layer_{i}_{p}": pool_tokens(states, inputs["input_mask"], p)
-            for i, states in enumerate(outputs["encoder_outputs"])
-            for p in TOKEN_POOLINGS
-        }
-        result["pooled"] = outputs["pooled_output"]
-        return result
+        return encoder_choices(outputs, inputs["input_mask"])
 
     @tf.function(input_signature=[_TEXT, tf.TensorSpec([], tf.int32, name="samples")])
     def predict_mc(self, text: tf.Tensor, samples: tf.Tensor) -> dict[str, tf.Tensor]:

@@ -16,6 +16,26 @@ from penultimate.config import Pooling, Precision
 from penultimate.errors import InputError
 from penultimate.pooling import cls_token, masked_max, masked_mean
 
+TOKEN_POOLINGS = ("cls", "mean", "max")
+
+
+def encoder_choice_names(num_layers: int) -> list[str]:
+    """Every (layer, pooling) choice of an encoder with `num_layers` layers, named as the exported
+    `encode` signature names its outputs: `layer_<i>_<pooling>` per layer and token pooling, then
+    `pooled` (the pooler output)."""
+    return [f"layer_{i}_{p}" for i in range(num_layers) for p in TOKEN_POOLINGS] + ["pooled"]
+
+
+def encoder_choices(outputs: Mapping[str, Any], mask: tf.Tensor) -> dict[str, tf.Tensor]:
+    """Every vector `encoder_choice_names` names, from one encoder pass."""
+    choices = {
+        f"layer_{i}_{p}": pool_tokens(states, mask, p)
+        for i, states in enumerate(outputs["encoder_outputs"])
+        for p in TOKEN_POOLINGS
+    }
+    choices["pooled"] = outputs["pooled_output"]
+    return choices
+
 
 def select_layer(outputs: Mapping[str, Any], layer: int) -> tf.Tensor:
     """Token states of encoder layer `layer` (negative counts from the top; -1 = last)."""

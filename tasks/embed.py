@@ -112,6 +112,7 @@ def collect_embeddings(
             "rows": sum(s["rows"] for s in stats),
             "truncated": sum(s["truncated"] for s in stats),
             "dim": dims.pop() if len(dims) == 1 else None,
+            "choice_blocks": next((s["choice_blocks"] for s in stats if s["rows"]), None),
             "shards": [
                 {"uri": r.uri, "rows": s["rows"]} for r, s in zip(shards, stats, strict=True)
             ],

@@ -172,6 +172,14 @@ def dask_cluster_processes(workers: int) -> Iterator[tuple[str, list[subprocess.
         stop_processes([scheduler])
 
 
+@pytest.fixture(scope="session")
+def dask_cluster() -> Iterator[str]:
+    """The address of two worker processes shared by every test that only runs work on a cluster
+    (tests that kill workers start their own): workers start and load the model once a session."""
+    with dask_cluster_processes(2) as (address, _):
+        yield address
+
+
 def stop_processes(processes: list[subprocess.Popen[bytes]], grace_seconds: float = 15) -> None:
     """SIGTERM every process, then SIGKILL those still running after `grace_seconds`."""
     import time

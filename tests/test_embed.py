@@ -21,7 +21,7 @@ from penultimate.embed import (
     read_embeddings,
 )
 from penultimate.encoders.bert_convert import EncoderPair
-from penultimate.features import LoadedEncoder
+from penultimate.features import LoadedEncoder, encoder_choice_names
 
 REFERENCE = json.loads((FIXTURES / "minilm_reference.json").read_text())
 ARRAYS = np.load(FIXTURES / "minilm_reference.npz")
@@ -38,6 +38,28 @@ def test_default_choice_reproduces_sentence_transformers(loaded: LoadedEncoder) 
         REFERENCE["sentences"]
     )
     assert (np.sum(vectors * ARRAYS["embeddings"], axis=1) >= 0.9999).all()
+
+
+def test_all_choices_is_every_single_choice_side_by_side_from_one_pass(
+    loaded: LoadedEncoder,
+) -> None:
+    texts = REFERENCE["sentences"][:8]
+    grid = EncoderEmbedder(loaded, EmbeddingChoice(source="all_choices"))
+    names = [block["name"] for block in grid.choice_blocks]
+    assert names == encoder_choice_names(6) and {b["dim"] for b in grid.choice_blocks} == {384}
+    vectors = grid.embed(texts)
+    assert vectors.shape == (8, 19 * 384)
+    for layer, pooling in [(0, "cls"), (2, "max"), (5, "mean"), (-1, "pooled")]:
+        single = EmbeddingChoice(layers=[layer], pooling=pooling)
+        name = "pooled" if pooling == "pooled" else f"layer_{layer}_{pooling}"
+        start = 384 * names.index(name)
+        np.testing.assert_allclose(
+            vectors[:, start : start + 384],
+            EncoderEmbedder(loaded, single).embed(texts),
+            atol=1e-5,
+        )
+    with pytest.raises(ValueError, match="all_choices takes every layer and pooling"):
+        EmbeddingChoice(source="all_choices", layers=[-2])
 
 
 def test_results_do_not_depend_on_batch_size(loaded: LoadedEncoder) -> None:

@@ -4,8 +4,6 @@ workers on 127.0.0.1) and a real Prefect server: parity, order, caching, and a f
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -13,7 +11,6 @@ import pytest
 
 from conftest import (
     FIXTURES,
-    dask_cluster_processes,
     prefect_artifact_keys,
     task_run_states,
     task_state_counts,
@@ -47,42 +44,49 @@ def embedded(ref: ArtifactRef, store: str) -> tuple[pl.DataFrame, np.ndarray]:
     return read_embeddings(embedding_shard_files([s["uri"] for s in manifest.metrics["shards"]]))
 
 
-def test_local_cluster_reproduces_sentence_transformers_in_order(
-    sentences: ArtifactRef, encoder_store: str, prefect_api: str
-) -> None:
+@pytest.fixture(scope="module")
+def local_run(sentences: ArtifactRef, encoder_store: str, prefect_api: str) -> object:
+    """The default config's run on the default runner: a local Dask cluster of 2 processes."""
     config = EmbedConfig()
     state = embed_shards.with_options(task_runner=dask_task_runner(config.runner))(
         config=config, dataset=sentences, store_root=encoder_store, return_state=True
     )
     assert state.is_completed(), state.message
-    rows, matrix = embedded(state.result(), encoder_store)
+    return state
+
+
+def test_local_cluster_reproduces_sentence_transformers_in_order(
+    local_run: object,
+    sentences: ArtifactRef,
+    encoder_store: str,
+    prefect_api: str,
+    dask_cluster: str,
+) -> None:
+    ref = local_run.result()  # type: ignore[attr-defined]
+    rows, matrix = embedded(ref, encoder_store)
     source = pl.read_parquet(sorted((sentences.path / "data").glob("*.parquet")))
     assert rows["id"].to_list() == source["id"].to_list()  # shard order, row order
     reference = EXPECTED[[int(i[1:]) for i in rows["id"]]]
     assert (np.sum(matrix * reference, axis=1) >= 0.9999).all()
-    metrics = ArtifactStore(encoder_store).validate(state.result()).metrics
+    metrics = ArtifactStore(encoder_store).validate(ref).metrics
     assert metrics["rows"] == rows.height and metrics["dim"] == 384
     assert metrics["truncated"] == sum(n > 128 for n in REFERENCE["untruncated_token_counts"])
     assert "embed-progress" in prefect_artifact_keys(prefect_api)
 
-    again = embed_shards.with_options(task_runner=dask_task_runner(config.runner))(
-        config=config, dataset=sentences, store_root=encoder_store, return_state=True
+    # The runner is not part of the cache key: the same work on another cluster is Cached.
+    elsewhere = EmbedConfig.model_validate({"runner": {"dask_address": dask_cluster}})
+    again = embed_shards.with_options(task_runner=dask_task_runner(elsewhere.runner))(
+        config=elsewhere, dataset=sentences, store_root=encoder_store, return_state=True
     )
-    assert again.result() == state.result()
+    assert again.result() == ref
     states = task_run_states(again)
     assert states["embed-shard"] == "Cached" and states["collect-embeddings"] == "Cached"
 
 
-@pytest.fixture(scope="module")
-def dask_cluster() -> Iterator[str]:
-    with dask_cluster_processes(2) as (address, _):
-        yield address
-
-
 def test_existing_cluster_by_address_gives_the_same_embeddings(
-    sentences: ArtifactRef, encoder_store: str, tmp_path: Path, dask_cluster: str
+    local_run: object, sentences: ArtifactRef, encoder_store: str, dask_cluster: str
 ) -> None:
-    local_ref = embed(EmbedConfig(), sentences, store_root=encoder_store)
+    local_ref = local_run.result()  # type: ignore[attr-defined]
     # Naming every split selects the same rows under a new key, so the remote run computes.
     config = EmbedConfig.model_validate(
         {

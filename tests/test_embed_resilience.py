@@ -72,49 +72,48 @@ def run_shards(config: EmbedConfig, dataset: ArtifactRef, store: str) -> object:
 
 
 def test_rerun_computes_and_loads_nothing_new_config_recomputes_changed_shard_only(
-    mails: Path, store: str, tmp_path: Path
+    mails: Path, store: str, tmp_path: Path, dask_cluster: str
 ) -> None:
     dataset = ingest_slice(mails, store)
-    # One long-lived cluster for the four runs: the workers' start-up is paid once.
-    with dask_cluster_processes(2) as (address, _):
-        config = EmbedConfig.model_validate({"runner": {"dask_address": address}})
-        first = run_shards(config, dataset, store)
-        assert task_state_counts(first)[("embed-shard", "Completed")] == 6
-        metrics = [
-            ArtifactStore(store).read_manifest(ref).metrics  # type: ignore[union-attr]
-            for ref in ArtifactStore(store).artifacts(EMBEDDING_SHARD_STAGE)
-        ]
-        # The model is loaded once per worker process, not once per shard.
-        loads = [m["worker_pid"] for m in metrics if m["model_loaded_here"]]
-        assert len(loads) == len(set(loads)) == len({m["worker_pid"] for m in metrics}) <= 2
+    # The session's shared cluster; this test's store is new, so its workers load the model anew.
+    config = EmbedConfig.model_validate({"runner": {"dask_address": dask_cluster}})
+    first = run_shards(config, dataset, store)
+    assert task_state_counts(first)[("embed-shard", "Completed")] == 6
+    metrics = [
+        ArtifactStore(store).read_manifest(ref).metrics  # type: ignore[union-attr]
+        for ref in ArtifactStore(store).artifacts(EMBEDDING_SHARD_STAGE)
+    ]
+    # The model is loaded once per worker process, not once per shard.
+    loads = [m["worker_pid"] for m in metrics if m["model_loaded_here"]]
+    assert len(loads) == len(set(loads)) == len({m["worker_pid"] for m in metrics}) <= 2
 
-        before = shard_manifests(store)
-        again = task_state_counts(run_shards(config, dataset, store))
-        assert again == {
-            ("build-encoder", "Cached"): 1,
-            ("embed-shard", "Cached"): 6,
-            ("collect-embeddings", "Cached"): 1,
-        }
-        assert shard_manifests(store) == before  # no task body ran: nothing written or loaded
+    before = shard_manifests(store)
+    again = task_state_counts(run_shards(config, dataset, store))
+    assert again == {
+        ("build-encoder", "Cached"): 1,
+        ("embed-shard", "Cached"): 6,
+        ("collect-embeddings", "Cached"): 1,
+    }
+    assert shard_manifests(store) == before  # no task body ran: nothing written or loaded
 
-        cls = config.model_copy(update={"embedding": config.embedding.model_copy(
-            update={"pooling": "cls"})})  # fmt: skip
-        counts = task_state_counts(run_shards(cls, dataset, store))
-        assert counts[("embed-shard", "Completed")] == 6 and ("embed-shard", "Cached") not in counts
+    cls = config.model_copy(update={"embedding": config.embedding.model_copy(
+        update={"pooling": "cls"})})  # fmt: skip
+    counts = task_state_counts(run_shards(cls, dataset, store))
+    assert counts[("embed-shard", "Completed")] == 6 and ("embed-shard", "Cached") not in counts
 
-        # One mail edited: re-ingesting changes exactly one dataset shard; only it is embedded.
-        frame = pl.read_parquet(mails)
-        edited = tmp_path / "edited.parquet"
-        frame.with_columns(
-            pl.when(pl.col("id") == frame["id"][40])
-            .then(pl.col("text") + " P.S. one more line")
-            .otherwise(pl.col("text"))
-            .alias("text")
-        ).write_parquet(edited)
-        changed = ingest_slice(edited, store)
-        counts = task_state_counts(run_shards(config, changed, store))
-        assert counts[("embed-shard", "Cached")] == 5
-        assert counts[("embed-shard", "Completed")] == 1
+    # One mail edited: re-ingesting changes exactly one dataset shard; only it is embedded.
+    frame = pl.read_parquet(mails)
+    edited = tmp_path / "edited.parquet"
+    frame.with_columns(
+        pl.when(pl.col("id") == frame["id"][40])
+        .then(pl.col("text") + " P.S. one more line")
+        .otherwise(pl.col("text"))
+        .alias("text")
+    ).write_parquet(edited)
+    changed = ingest_slice(edited, store)
+    counts = task_state_counts(run_shards(config, changed, store))
+    assert counts[("embed-shard", "Cached")] == 5
+    assert counts[("embed-shard", "Completed")] == 1
 
 
 def wait_for(condition: object, timeout_s: float, what: str) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import dask_cluster_processes, prefect_artifact_keys, task_state_counts
+from conftest import prefect_artifact_keys, task_state_counts
 from flows.pipeline import pipeline
 from penultimate.config import PipelineConfig
 
@@ -43,11 +43,10 @@ def run(config: PipelineConfig, store: str) -> tuple[object, dict[str, set[str]]
 
 
 def test_pipeline_reruns_only_what_changed(
-    corpus_slice: Path, store_with_encoder: str, prefect_api: str
+    corpus_slice: Path, store_with_encoder: str, prefect_api: str, dask_cluster: str
 ) -> None:
     # An existing cluster for the four runs, so Dask and TensorFlow start once, not per run.
-    with dask_cluster_processes(2) as (address, _):
-        check_reruns(corpus_slice, store_with_encoder, prefect_api, address)
+    check_reruns(corpus_slice, store_with_encoder, prefect_api, dask_cluster)
 
 
 def check_reruns(corpus_slice: Path, store: str, prefect_api: str, address: str) -> None:

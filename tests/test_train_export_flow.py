@@ -16,7 +16,7 @@ from flows.ingest import ingest
 from flows.train import train
 from penultimate.artifacts import ArtifactRef, ArtifactStore
 from penultimate.config import IngestConfig, TrainConfig
-from penultimate.export import encode_output_names
+from penultimate.features import encoder_choice_names
 from penultimate.train import TrainedClassifier
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -119,7 +119,7 @@ def test_exported_model_serves_predictions_embeddings_layers_and_mc(
     np.testing.assert_allclose(mc["mean"].numpy(), served, atol=1e-6)  # rate 0: MC == serving
     assert np.abs(mc["std"].numpy()).max() <= 1e-6
     encoded = saved.signatures["encode"](text=texts)
-    assert sorted(encoded) == sorted(encode_output_names(6))
+    assert sorted(encoded) == sorted(encoder_choice_names(6))
     trained = TrainedClassifier.load(plain_model.path)
     np.testing.assert_allclose(
         saved.signatures["embed"](text=texts)["embedding"].numpy(),
@@ -167,5 +167,15 @@ def test_exported_embedder_matches_the_bare_encoder_and_embed_signature(
     np.testing.assert_allclose(
         ExportedEmbedder(saved, penultimate).embed(texts),
         model.signatures["embed"](text=tf.constant(texts))["embedding"].numpy(),
+        atol=1e-6,
+    )
+    grid = ExportedEmbedder(saved, EmbeddingChoice(source="all_choices", normalize=False))
+    blocks = grid.choice_blocks
+    assert [b["name"] for b in blocks] == [*encoder_choice_names(6), "penultimate"]
+    vectors = grid.embed(texts)
+    assert vectors.shape == (3, sum(b["dim"] for b in blocks))
+    np.testing.assert_allclose(
+        vectors[:, -blocks[-1]["dim"] :],
+        ExportedEmbedder(saved, penultimate).embed(texts),
         atol=1e-6,
     )

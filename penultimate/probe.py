@@ -1,0 +1,250 @@
+"""Linear probes over every embedding choice (encoder layer x pooling, pooler, penultimate): which
+one carries the labels, checked against a shuffled-label control task and by k-means agreement.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
+from sklearn.cluster import KMeans
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import (
+    accuracy_score,
+    adjusted_rand_score,
+    f1_score,
+    normalized_mutual_info_score,
+)
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from penultimate.artifacts import Stage
+from penultimate.cluster import EmbeddingShards
+from penultimate.errors import InputError
+
+PROBE_STAGE = Stage("probe", "1")
+SPLITS = ("train", "test")
+SCORE_COLUMNS = ("accuracy", "macro_f1", "control_accuracy", "selectivity", "ari", "nmi")
+
+
+class ProbeInputError(InputError):
+    """Embeddings the probes cannot use; the message names the artifact or shard file."""
+
+
+@dataclass(frozen=True)
+class ProbeRows:
+    """The sampled train and test rows: integer labels and every choice side by side."""
+
+    label_names: list[str]
+    train_labels: np.ndarray
+    train_vectors: np.ndarray
+    test_labels: np.ndarray
+    test_vectors: np.ndarray
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One block of an `all_choices` vector: where it sits and what it is."""
+
+    name: str
+    start: int
+    dim: int
+    layer: int | None  # None for the penultimate features, which sit after every layer
+    pooling: str
+
+    @property
+    def label(self) -> str:
+        return "penultimate" if self.layer is None else f"layer {self.layer} {self.pooling}"
+
+
+def parse_choices(blocks: list[dict[str, Any]]) -> list[Choice]:
+    """`choice_blocks` of an embeddings manifest -> Choices with their column ranges.
+
+    `pooled` is the pooler over the last layer's [CLS], so it is placed at the last layer."""
+    last_layer = max(int(b["name"].split("_")[1]) for b in blocks if b["name"].startswith("layer_"))
+    choices, start = [], 0
+    for block in blocks:
+        name, dim = block["name"], int(block["dim"])
+        if name.startswith("layer_"):
+            _, layer, pooling = name.split("_")
+            choices.append(Choice(name, start, dim, int(layer), pooling))
+        elif name == "pooled":
+            choices.append(Choice(name, start, dim, last_layer, "pooled"))
+        else:
+            choices.append(Choice(name, start, dim, None, name))
+        start += dim
+    return choices
+
+
+def _sample(rows: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    return rows if len(rows) <= size else np.sort(rng.choice(rows, size=size, replace=False))
+
+
+def read_probe_rows(
+    shards: EmbeddingShards, max_train_rows: int, max_test_rows: int, seed: int
+) -> ProbeRows:
+    """A seeded sample of at most `max_*_rows` train and test rows, read shard by shard so only
+    the sample is ever held in memory; errors name the shard file."""
+    splits, labels = [], []
+    for file in shards.files:
+        columns = pq.read_schema(file).names
+        missing = [c for c in ("split", "label") if c not in columns]
+        if missing:
+            raise ProbeInputError(
+                f"{file}: no {missing} column; the probes need a labelled dataset with splits"
+            )
+        table = pq.read_table(file, columns=["split", "label"])
+        if table.column("label").null_count:
+            raise ProbeInputError(f"{file}: a row has no label")
+        splits.append(np.asarray(table.column("split").to_pylist(), dtype=object))
+        labels.append(np.asarray([str(v) for v in table.column("label").to_pylist()], object))
+    split, label = np.concatenate(splits), np.concatenate(labels)
+    rng = np.random.default_rng(seed)
+    chosen = {
+        "train": _sample(np.flatnonzero(split == "train"), max_train_rows, rng),
+        "test": _sample(np.flatnonzero(split == "test"), max_test_rows, rng),
+    }
+    for name, rows in chosen.items():
+        if len(rows) < 2:
+            raise ProbeInputError(f"{len(rows)} {name} row(s) in the embeddings; the probes need 2")
+    names = sorted(set(label[chosen["train"]]))
+    if len(names) < 2:
+        raise ProbeInputError(f"the train rows have one label ({names}); a probe needs two")
+    codes = {name: code for code, name in enumerate(names)}
+    unseen = sorted(set(label[chosen["test"]]) - set(names))
+    if unseen:
+        raise ProbeInputError(f"test labels {unseen} never occur in the train rows")
+    vectors = _gather(shards, np.concatenate([chosen["train"], chosen["test"]]))
+    n_train = len(chosen["train"])
+    as_codes = np.vectorize(codes.__getitem__, otypes=[np.int64])
+    return ProbeRows(
+        label_names=names,
+        train_labels=as_codes(label[chosen["train"]]),
+        train_vectors=vectors[:n_train],
+        test_labels=as_codes(label[chosen["test"]]),
+        test_vectors=vectors[n_train:],
+    )
+
+
+def _gather(shards: EmbeddingShards, rows: np.ndarray) -> np.ndarray:
+    """Vectors of global row numbers `rows`, in that order, one shard in memory at a time."""
+    starts = np.cumsum([0, *shards.rows])
+    result = np.empty((len(rows), shards.dim), np.float32)
+    for index in range(len(shards.files)):
+        here = np.flatnonzero((rows >= starts[index]) & (rows < starts[index + 1]))
+        if len(here):
+            result[here] = shards.read(index)[1][rows[here] - starts[index]]
+    return result
+
+
+def control_labels(labels: np.ndarray, seed: int) -> np.ndarray:
+    """The control task: the same labels shuffled, so class frequencies stay but any link between
+    a text and its label is gone; a probe can only score above chance here by memorising."""
+    return np.random.default_rng(seed).permutation(labels)
+
+
+def fit_probe(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    regularization: float,
+) -> dict[str, float]:
+    """Standardised logistic regression fit on train, scored on test: accuracy and macro F1."""
+    probe = make_pipeline(
+        StandardScaler(), LogisticRegression(C=regularization, max_iter=2000, tol=1e-4)
+    )
+    predicted = probe.fit(train_x, train_y).predict(test_x)
+    return {
+        "accuracy": float(accuracy_score(test_y, predicted)),
+        "macro_f1": float(f1_score(test_y, predicted, average="macro")),
+    }
+
+
+def cluster_agreement(vectors: np.ndarray, labels: np.ndarray, seed: int) -> dict[str, float]:
+    """k-means with k = number of labels; how well its clusters match the labels (ARI, NMI)."""
+    k = len(np.unique(labels))
+    clusters = KMeans(n_clusters=k, n_init=4, random_state=seed).fit_predict(vectors)
+    return {
+        "ari": float(adjusted_rand_score(labels, clusters)),
+        "nmi": float(normalized_mutual_info_score(labels, clusters)),
+    }
+
+
+def chance_accuracy(train_labels: np.ndarray, test_labels: np.ndarray) -> float:
+    """Accuracy of always answering the train split's most frequent label."""
+    return float(np.mean(test_labels == np.bincount(train_labels).argmax()))
+
+
+def score_choice(
+    rows: ProbeRows, columns: slice, regularization: float, cluster_rows: int, seed: int
+) -> dict[str, float]:
+    """Every score of one choice (the columns `columns` of the vectors)."""
+    train_x, test_x = rows.train_vectors[:, columns], rows.test_vectors[:, columns]
+    real = fit_probe(train_x, rows.train_labels, test_x, rows.test_labels, regularization)
+    control_train = control_labels(rows.train_labels, seed)
+    control_test = control_labels(rows.test_labels, seed + 1)
+    control = fit_probe(train_x, control_train, test_x, control_test, regularization)
+    every = np.concatenate([train_x, test_x])
+    # Rows are in corpus order, whose head may be all one label: sample, don't slice.
+    sample = np.random.default_rng(seed).permutation(len(every))[:cluster_rows]
+    truth = np.concatenate([rows.train_labels, rows.test_labels])[sample]
+    return {
+        **real,
+        "control_accuracy": control["accuracy"],
+        "selectivity": real["accuracy"] - control["accuracy"],
+        **cluster_agreement(every[sample], truth, seed),
+    }
+
+
+def probe_table(
+    rows: ProbeRows,
+    choices: list[Choice],
+    regularization: float,
+    cluster_rows: int,
+    seed: int,
+) -> pl.DataFrame:
+    """One row per choice: where it sits, its dimension and every score."""
+    records = []
+    for choice in choices:
+        columns = slice(choice.start, choice.start + choice.dim)
+        scores = score_choice(rows, columns, regularization, cluster_rows, seed)
+        records.append(
+            {
+                "choice": choice.label,
+                "layer": choice.layer,
+                "pooling": choice.pooling,
+                "dim": choice.dim,
+                **{name: round(scores[name], 4) for name in SCORE_COLUMNS},
+            }
+        )
+    return pl.DataFrame(records, schema_overrides={"layer": pl.Int64})
+
+
+def default_choice(table: pl.DataFrame) -> dict[str, Any]:
+    """The last layer's [CLS] row."""
+    last = table.filter(pl.col("pooling") == "cls")["layer"].max()
+    return table.filter((pl.col("pooling") == "cls") & (pl.col("layer") == last)).row(0, named=True)
+
+
+def recommend(table: pl.DataFrame, chance: float) -> dict[str, Any]:
+    """The best choice by probe accuracy (ties: macro F1, then selectivity), and how far the
+    default last-layer CLS and the best-clustering choice are from it."""
+    ranked = table.sort(["accuracy", "macro_f1", "selectivity"], descending=True)
+    best = ranked.row(0, named=True)
+    default = default_choice(table)
+    best_clusters = table.sort("ari", descending=True).row(0, named=True)
+    return {
+        "best": best["choice"],
+        "best_accuracy": best["accuracy"],
+        "best_selectivity": best["selectivity"],
+        "default": default["choice"],
+        "default_accuracy": default["accuracy"],
+        "default_gap": round(best["accuracy"] - default["accuracy"], 4),
+        "best_for_clustering": best_clusters["choice"],
+        "best_ari": best_clusters["ari"],
+        "chance_accuracy": round(chance, 4),
+    }

@@ -1,0 +1,61 @@
+"""The probe task: an all-choices embeddings artifact -> a probe artifact (scores per layer x
+pooling, heatmap, line plot, recommendation), published as Prefect table and markdown artifacts.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from prefect import get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from penultimate.artifacts import ArtifactRef, ArtifactStore
+from penultimate.cluster import EmbeddingShards
+from penultimate.config import ProbeConfig
+from penultimate.probe import PROBE_STAGE, ProbeInputError
+from penultimate.probe_report import write_probe_artifact
+from tasks.caching import artifact_task
+
+
+def probe_identity(params: Mapping[str, Any]) -> tuple[dict[str, Any], list[ArtifactRef]]:
+    # The corpus, encoder and runner reach the scores only through the embeddings.
+    config: ProbeConfig = params["config"]
+    return config.scoring(), [params["embeddings"]]
+
+
+@artifact_task(PROBE_STAGE, identity=probe_identity, name="probe-embeddings")
+def probe_embeddings(config: ProbeConfig, embeddings: ArtifactRef, store_root: str) -> ArtifactRef:
+    """Fit and score a linear probe, its control and k-means on every choice; report the best."""
+    store = ArtifactStore(store_root)
+    shards = EmbeddingShards.open(embeddings)
+    blocks = store.read_manifest(embeddings).metrics.get("choice_blocks")  # type: ignore[union-attr]
+    if not blocks:
+        raise ProbeInputError(
+            f"{embeddings.uri}: not an all_choices embeddings artifact (no choice_blocks)"
+        )
+    key, inputs = probe_identity({"config": config, "embeddings": embeddings})
+    ref = store.publish(
+        PROBE_STAGE, key, lambda out: write_probe_artifact(shards, blocks, config, out), inputs
+    )
+    metrics = store.read_manifest(ref).metrics  # type: ignore[union-attr]
+    get_run_logger().info(
+        "best: %s (accuracy %.3f); default %s is %.3f below; probe artifact %s",
+        metrics["best"],
+        metrics["best_accuracy"],
+        metrics["default"],
+        metrics["default_gap"],
+        ref.uri,
+    )
+    create_table_artifact(
+        key="probe-scores",
+        table=json.loads((ref.path / "scores.json").read_text()),
+        description=f"Probe scores per layer x pooling ({ref.key})",
+    )
+    create_markdown_artifact(
+        key="probe-report",
+        markdown=(ref.path / "report.md").read_text(),
+        description=f"Which embedding to take ({ref.uri})",
+    )
+    return ref

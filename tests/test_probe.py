@@ -1,0 +1,145 @@
+"""The probe flow on a slice of the real corpus with the built-in encoder, a real Prefect server and
+Dask cluster: every layer x pooling scored, control near chance, reproducible, cached; and the
+probe functions on a representation that carries nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from conftest import prefect_artifact_keys, task_state_counts
+from flows.probe import probe
+from penultimate.artifacts import ArtifactRef, ArtifactStore
+from penultimate.cluster import EmbeddingShards
+from penultimate.config import ProbeConfig
+from penultimate.probe import (
+    ProbeRows,
+    chance_accuracy,
+    fit_probe,
+    parse_choices,
+    probe_table,
+    read_probe_rows,
+    score_choice,
+)
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+# A subflow also shows up as a task run of its parent, Completed; the work is in these tasks.
+SUBFLOWS = {"ingest", "embed", "embed-shards"}
+WORK_TASKS = {
+    "ingest-dataset",
+    "build-encoder",
+    "embed-shard",
+    "collect-embeddings",
+    "probe-embeddings",
+}
+EVERY_CHOICE = {f"layer {i} {p}" for i in range(6) for p in ("cls", "mean", "max")} | {
+    "layer 5 pooled"
+}
+
+
+@pytest.fixture(scope="module")
+def config(corpus_slice: Path, dask_cluster: str) -> ProbeConfig:
+    # Half train, half test: 150 test rows make the scores steady enough to assert on.
+    return ProbeConfig.model_validate(
+        {
+            "ingest": {
+                "source": str(corpus_slice),
+                "text_format": "email",
+                "text_column": "raw",
+                "split": {"train": 0.5, "val": 0.0, "test": 0.5},
+            },
+            "runner": {"dask_address": dask_cluster},
+            "cluster_rows": 300,
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def probed(config: ProbeConfig, encoder_store: str) -> tuple[ArtifactRef, object]:
+    state = probe(config=config, store_root=encoder_store, return_state=True)
+    assert state.is_completed(), state.message
+    return state.result(), state
+
+
+def test_probe_scores_every_layer_and_pooling_and_reports_the_best(
+    probed: tuple[ArtifactRef, object], prefect_api: str
+) -> None:
+    ref, _ = probed
+    table = pl.read_csv(ref.path / "scores.csv")
+    assert set(table["choice"]) == EVERY_CHOICE and table.height == 19
+    assert set(table["dim"]) == {384}
+    for column in ("accuracy", "macro_f1", "control_accuracy", "nmi"):
+        assert table[column].is_between(0, 1).all(), column
+    assert table["ari"].is_between(-0.5, 1).all()
+    np.testing.assert_allclose(
+        table["selectivity"], table["accuracy"] - table["control_accuracy"], atol=2e-4
+    )
+    metrics = json.loads((ref.path / "manifest.json").read_text())["metrics"]
+    chance = metrics["chance_accuracy"]
+    # A linear probe reads spam from MiniLM features; on shuffled labels it can only guess.
+    assert metrics["best_accuracy"] >= 0.85 > chance + 0.15
+    assert abs(table["control_accuracy"].mean() - chance) <= 0.1
+    assert (table["control_accuracy"] <= chance + 0.1).all()
+    assert metrics["best"] in EVERY_CHOICE and metrics["default"] == "layer 5 cls"
+    assert metrics["default_gap"] >= 0
+    for name in ("heatmap.png", "by_layer.png"):
+        assert (ref.path / name).read_bytes()[:4] == b"\x89PNG"
+    report = (ref.path / "report.md").read_text()
+    assert f"Best for a linear classifier: {metrics['best']}" in report
+    assert {"probe-scores", "probe-report"} <= prefect_artifact_keys(prefect_api)
+
+
+def test_probe_is_reproducible_and_a_rerun_is_cached(
+    probed: tuple[ArtifactRef, object], config: ProbeConfig, encoder_store: str
+) -> None:
+    ref, _ = probed
+    store = ArtifactStore(encoder_store)
+    embeddings = next(i for i in store.read_manifest(ref).inputs if i.stage == "embeddings")
+    blocks = store.read_manifest(embeddings).metrics["choice_blocks"]
+    rows = read_probe_rows(EmbeddingShards.open(embeddings), 20000, 20000, config.seed)
+    again = probe_table(rows, parse_choices(blocks), 1.0, config.cluster_rows, config.seed)
+    assert again.equals(pl.read_csv(ref.path / "scores.csv", schema=again.schema))
+
+    rerun = probe(config=config, store_root=encoder_store, return_state=True)
+    assert rerun.result() == ref
+    states = task_state_counts(rerun, subflows=True)
+    work = {(task, state) for (task, state) in states if task not in SUBFLOWS}
+    assert work == {(task, "Cached") for task in WORK_TASKS}, states
+
+
+def test_a_representation_that_carries_nothing_scores_at_chance(
+    probed: tuple[ArtifactRef, object], config: ProbeConfig, encoder_store: str
+) -> None:
+    ref, _ = probed
+    store = ArtifactStore(encoder_store)
+    embeddings = next(i for i in store.read_manifest(ref).inputs if i.stage == "embeddings")
+    real = read_probe_rows(EmbeddingShards.open(embeddings), 20000, 20000, config.seed)
+    zeros = ProbeRows(
+        real.label_names,
+        real.train_labels,
+        np.zeros((len(real.train_labels), 384), np.float32),
+        real.test_labels,
+        np.zeros((len(real.test_labels), 384), np.float32),
+    )
+    chance = chance_accuracy(real.train_labels, real.test_labels)
+    scores = fit_probe(
+        zeros.train_vectors, zeros.train_labels, zeros.test_vectors, zeros.test_labels, 1.0
+    )
+    assert scores["accuracy"] == pytest.approx(chance)
+    with pytest.warns(Warning):  # k-means finds one distinct point where it wants two clusters
+        full = score_choice(zeros, slice(0, 384), 1.0, 300, config.seed)
+    assert full["ari"] == pytest.approx(0) and full["nmi"] == pytest.approx(0)
+
+
+def test_bad_probe_configs_name_the_field(corpus_slice: Path) -> None:
+    with pytest.raises(ValueError, match="precision: bfloat16 runs a bare encoder"):
+        ProbeConfig.model_validate(
+            {"ingest": {"source": str(corpus_slice)}, "export": "x", "precision": "bfloat16"}
+        )
+    with pytest.raises(ValueError, match="regularization"):
+        ProbeConfig.model_validate({"ingest": {"source": str(corpus_slice)}, "regularization": 0})
