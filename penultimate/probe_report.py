@@ -38,8 +38,12 @@ def plot_heatmap(table: pl.DataFrame, score: str, path: Path) -> None:
         grid[TOKEN_POOLING_ROWS.index(row["pooling"]), layers.index(row["layer"])] = row[score]
     figure, axes = plt.subplots(figsize=(1.1 * len(layers) + 2.5, 3.2))
     image = axes.imshow(grid, cmap="viridis", aspect="auto")
+    low, high = np.nanmin(grid), np.nanmax(grid)
     for (i, j), value in np.ndenumerate(grid):
-        axes.text(j, i, f"{value:.3f}", ha="center", va="center", color="white", fontsize=8)
+        # Dark text on viridis' light (high) end, light text on its dark end.
+        light_cell = high > low and (value - low) / (high - low) > 0.6
+        colour = "black" if light_cell else "white"
+        axes.text(j, i, f"{value:.3f}", ha="center", va="center", color=colour, fontsize=8)
     axes.set_xticks(range(len(layers)), [str(layer) for layer in layers])
     axes.set_yticks(range(len(TOKEN_POOLING_ROWS)), TOKEN_POOLING_ROWS)
     axes.set_xlabel("encoder layer")

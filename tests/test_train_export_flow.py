@@ -99,11 +99,18 @@ def test_fine_tuning_runs_end_to_end_without_feature_cache(
     assert json.loads((model.path / "metrics.json").read_text())["epochs_run"] == 1
 
 
+@pytest.fixture(scope="module")
+def exported(dataset: ArtifactRef, store: str) -> tuple[ArtifactRef, ArtifactRef]:
+    """The dropout model (hidden layer, pooled and head dropout) and its export."""
+    model, _ = run_train(WITH_DROPOUT, dataset, store)  # trained by the feature-cache test
+    return model, export(model=model, dataset=dataset, store_root=store)
+
+
 def test_exported_model_serves_predictions_embeddings_layers_and_mc(
-    plain_model: ArtifactRef, dataset: ArtifactRef, store: str
+    exported: tuple[ArtifactRef, ArtifactRef], store: str
 ) -> None:
-    exported = export(model=plain_model, dataset=dataset, store_root=store)
-    manifest = ArtifactStore(store).validate(exported)
+    model, export_ref = exported
+    manifest = ArtifactStore(store).validate(export_ref)
     assert max(manifest.metrics["max_abs_diff"].values()) <= 1e-5  # checked in a fresh process
     assert set(manifest.metrics["signatures"]) == {
         "serving_default",
@@ -112,15 +119,17 @@ def test_exported_model_serves_predictions_embeddings_layers_and_mc(
         "predict_mc",
     }
 
-    saved = tf.saved_model.load(str(exported.path / "saved_model"))
+    saved = tf.saved_model.load(str(export_ref.path / "saved_model"))
     texts = tf.constant(["Cheap meds, click now!!!", "Minutes of Tuesday's meeting attached."])
-    served = saved.signatures["serving_default"](text=texts)["probabilities"].numpy()
-    mc = saved.signatures["predict_mc"](text=texts, samples=tf.constant(5))
-    np.testing.assert_allclose(mc["mean"].numpy(), served, atol=1e-6)  # rate 0: MC == serving
-    assert np.abs(mc["std"].numpy()).max() <= 1e-6
+    serve = saved.signatures["serving_default"]
+    served = serve(text=texts)["probabilities"].numpy()
+    np.testing.assert_array_equal(served, serve(text=texts)["probabilities"].numpy())
+    mc = saved.signatures["predict_mc"](text=texts, samples=tf.constant(16))
+    assert mc["std"].numpy().max() > 0  # the dropout layers sample; serving stays deterministic
+    assert np.abs(mc["mean"].numpy() - served).max() < 0.5
     encoded = saved.signatures["encode"](text=texts)
     assert sorted(encoded) == sorted(encoder_choice_names(6))
-    trained = TrainedClassifier.load(plain_model.path)
+    trained = TrainedClassifier.load(model.path)
     np.testing.assert_allclose(
         saved.signatures["embed"](text=texts)["embedding"].numpy(),
         trained.model.embed(trained.loaded.tokenize(texts.numpy().astype(str).tolist())).numpy(),
@@ -128,29 +137,15 @@ def test_exported_model_serves_predictions_embeddings_layers_and_mc(
     )
 
 
-def test_mc_dropout_varies_while_serving_is_deterministic(dataset: ArtifactRef, store: str) -> None:
-    model, _ = run_train(WITH_DROPOUT, dataset, store)
-    exported = export(model=model, dataset=dataset, store_root=store)
-    saved = tf.saved_model.load(str(exported.path / "saved_model"))
-    texts = tf.constant(["Win a free cruise", "Re: patch for the build script"])
-    serve = saved.signatures["serving_default"]
-    np.testing.assert_array_equal(
-        serve(text=texts)["probabilities"].numpy(), serve(text=texts)["probabilities"].numpy()
-    )
-    mc = saved.signatures["predict_mc"](text=texts, samples=tf.constant(16))
-    assert mc["std"].numpy().max() > 0
-
-
 def test_exported_embedder_matches_the_bare_encoder_and_embed_signature(
-    plain_model: ArtifactRef, dataset: ArtifactRef, store: str, minilm_pair: Path
+    exported: tuple[ArtifactRef, ArtifactRef], minilm_pair: Path
 ) -> None:
     from penultimate.config import EmbeddingChoice
     from penultimate.embed import EncoderEmbedder, ExportedEmbedder
     from penultimate.encoders.bert_convert import EncoderPair
     from penultimate.features import LoadedEncoder
 
-    exported = export(model=plain_model, dataset=dataset, store_root=store)  # cached
-    saved = exported.path / "saved_model"
+    saved = exported[1].path / "saved_model"
     texts = ["short", "", "a much longer text about a meeting on Tuesday at noon, bring notes"]
     pair = EncoderPair(minilm_pair)
     bare = EncoderEmbedder(LoadedEncoder.load(pair.preprocessor, pair.encoder), EmbeddingChoice())
