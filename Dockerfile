@@ -3,8 +3,11 @@
 # run downloads nothing. Build from the repository root: docker build -t penultimate:0.1.0 .
 FROM python:3.11-slim-bookworm
 
+# No pip or uv download cache: it would only add the wheels (TensorFlow's among them) to the image.
 ENV TF_USE_LEGACY_KERAS=1 \
     PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    UV_NO_CACHE=1 \
     PENULTIMATE_HOME=/app/artifacts \
     PATH=/app/.venv/bin:$PATH
 
