@@ -432,7 +432,11 @@ class ClusterConfig(_Config):
     embeddings: str | None = Field(
         None, description="Embeddings artifact folder; None = the one the pipeline just made."
     )
-    algorithm: ClusterAlgorithm = ClusterAlgorithm.kmeans
+    algorithm: ClusterAlgorithm = Field(
+        ClusterAlgorithm.kmeans,
+        description="kmeans, minibatch_kmeans (streams every point), hdbscan (noise = cluster -1) "
+        "or agglomerative.",
+    )
     k: int | None = Field(
         2, ge=2, le=1000, description="Clusters for kmeans, minibatch_kmeans, agglomerative."
     )
@@ -457,7 +461,7 @@ class ClusterConfig(_Config):
         5000, ge=100, description="Silhouette, Davies-Bouldin, Calinski-Harabasz sample size."
     )
     top_terms: int = Field(10, ge=1, le=100, description="Distinctive terms per cluster.")
-    seed: int = 0
+    seed: int = Field(0, description="Seeds every random choice: samples, initialisation, maps.")
 
     @model_validator(mode="after")
     def _k_and_sample_sizes_agree(self) -> Self:
