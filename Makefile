@@ -27,7 +27,13 @@ demo: $(INSTALLED)
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check .
 
-test: lint
+# The browser tests drive Debian's Chromium; installed once (apt-get, so as root) when missing.
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	apt-get update
+	DEBIAN_FRONTEND=noninteractive apt-get install -y chromium
+
+test: lint $(CHROMIUM)
 	$(PY) -m pytest -q
 
 clean-artifacts:

@@ -37,9 +37,9 @@ class EmptyTextPolicy(StrEnum):
 
 
 class SplitRatios(_Config):
-    train: float = Field(0.8, ge=0, le=1)
-    val: float = Field(0.1, ge=0, le=1)
-    test: float = Field(0.1, ge=0, le=1)
+    train: float = Field(0.8, ge=0, le=1, description="Share of rows in the train split.")
+    val: float = Field(0.1, ge=0, le=1, description="Share of rows in the validation split.")
+    test: float = Field(0.1, ge=0, le=1, description="Share of rows in the test split.")
 
     @model_validator(mode="after")
     def _sum_to_one(self) -> Self:
@@ -59,12 +59,16 @@ class IngestConfig(_Config):
     text_format: TextFormat = Field(
         TextFormat.plain, description="email = the text column holds raw RFC 822 messages."
     )
-    id_column: str = "id"
-    text_column: str = "text"
+    id_column: str = Field("id", description="Source column with a unique id per row.")
+    text_column: str = Field("text", description="Source column with the text (or raw mail).")
     label_column: str | None = Field("label", description="None for an unlabelled corpus.")
-    passthrough_columns: list[str] = Field(default_factory=list)
+    passthrough_columns: list[str] = Field(
+        default_factory=list, description="Extra source columns carried into the dataset."
+    )
     shard_rows: int = Field(2000, ge=1, description="Rows per output Parquet shard.")
-    split: SplitRatios = Field(default_factory=SplitRatios)
+    split: SplitRatios = Field(
+        default_factory=SplitRatios, description="Train/val/test shares; they must sum to 1."
+    )
     split_salt: str = Field(
         "penultimate", description="Mixed into the id hash; change it to draw a different split."
     )
@@ -162,8 +166,12 @@ class DropoutSpec(_Config):
         "layer i) | head (right before the output layer)",
         pattern=r"^(sequence|pooled|head|hidden:\d+)$",
     )
-    rate: float = Field(0.1, ge=0, lt=1)
-    mask: MaskMode = MaskMode.element
+    rate: float = Field(0.1, ge=0, lt=1, description="Probability of dropping each unit.")
+    mask: MaskMode = Field(
+        MaskMode.element,
+        description="What one mask value covers (its noise_shape): one value, a feature on every "
+        "token, a whole token, a whole example, or the same features for the whole batch.",
+    )
     columns: list[int] | None = Field(
         None, description="Feature indices the dropout is limited to; None = all features."
     )
@@ -184,8 +192,10 @@ class DropoutSpec(_Config):
 
 
 class HiddenLayer(_Config):
-    units: int = Field(ge=1, le=16384)
-    activation: str = Field("relu", pattern=r"^(relu|gelu|tanh|linear|swish)$")
+    units: int = Field(ge=1, le=16384, description="Width of the Dense layer.")
+    activation: str = Field(
+        "relu", pattern=r"^(relu|gelu|tanh|linear|swish)$", description="Its activation function."
+    )
 
 
 class ClassWeights(StrEnum):
@@ -207,10 +217,19 @@ class TrainConfig(_Config):
     hub_encoder: str | None = Field(
         None, description="TF-Hub handle or path. Its baked-in dropout rate applies."
     )
-    pooling: Pooling = Pooling.mean
+    pooling: Pooling = Field(
+        Pooling.mean,
+        description="How token outputs become one vector: the pooler output, CLS, or mask-aware "
+        "mean or max.",
+    )
     layer: int = Field(-1, description="Encoder layer pooled for the head; negative from the top.")
-    hidden: list[HiddenLayer] = Field(default_factory=list)
-    dropout: list[DropoutSpec] = Field(default_factory=lambda: [DropoutSpec()])
+    hidden: list[HiddenLayer] = Field(
+        default_factory=list, description="Dense layers between the pooling and the output layer."
+    )
+    dropout: list[DropoutSpec] = Field(
+        default_factory=lambda: [DropoutSpec()],
+        description="Every dropout layer of the classifier, wherever it sits.",
+    )
     freeze: str = Field(
         "all",
         pattern=r"^(all|none|top:\d+)$",
@@ -220,15 +239,19 @@ class TrainConfig(_Config):
         3e-2, gt=0, description="AdamW rate for the head (pooled MiniLM features are small-scale)."
     )
     encoder_learning_rate: float = Field(3e-5, gt=0, description="AdamW rate for encoder blocks.")
-    weight_decay: float = Field(0.01, ge=0)
-    warmup_fraction: float = Field(0.1, ge=0, lt=1)
-    epochs: int = Field(5, ge=1, le=1000)
-    batch_size: int = Field(32, ge=1, le=4096)
+    weight_decay: float = Field(0.01, ge=0, description="AdamW decay (not on biases and norms).")
+    warmup_fraction: float = Field(
+        0.1, ge=0, lt=1, description="Share of steps with a linear warm-up, then linear decay."
+    )
+    epochs: int = Field(5, ge=1, le=1000, description="Most epochs; early stopping may end sooner.")
+    batch_size: int = Field(32, ge=1, le=4096, description="Texts per training step.")
     early_stopping_patience: int = Field(
         2, ge=0, description="Epochs without val-loss improvement before stopping; 0 = never."
     )
-    class_weights: ClassWeights = ClassWeights.auto
-    seed: int = 0
+    class_weights: ClassWeights = Field(
+        ClassWeights.auto, description="auto = inverse class frequency; none = equal weights."
+    )
+    seed: int = Field(0, description="Seeds TensorFlow, NumPy, Python and each dropout layer.")
 
     @model_validator(mode="after")
     def _placements_exist(self) -> Self:
@@ -306,16 +329,26 @@ class EmbeddingChoice(_Config):
     """Which vector to take for each text: the classifier's penultimate features, or encoder layers
     pooled and combined."""
 
-    source: EmbedSource = EmbedSource.encoder
+    source: EmbedSource = Field(
+        EmbedSource.encoder,
+        description="encoder = pooled encoder layers; penultimate = the classifier's features "
+        "before its head dropout (needs an exported classifier).",
+    )
     layers: list[int] = Field(
         default_factory=lambda: [-1],
         min_length=1,
         description="Encoder layers (negative from the top), e.g. [-2] or [-4, -3, -2, -1].",
     )
-    combine: LayerCombine = LayerCombine.mean
-    pooling: EmbedPooling = EmbedPooling.mean
+    combine: LayerCombine = Field(
+        LayerCombine.mean, description="How several layers become one vector: mean or concat."
+    )
+    pooling: EmbedPooling = Field(
+        EmbedPooling.mean,
+        description="Token outputs to one vector: CLS, the pooler output, or mask-aware mean, "
+        "max or both concatenated.",
+    )
     normalize: bool = Field(True, description="L2-normalise each vector.")
-    dtype: OutputDtype = OutputDtype.float32
+    dtype: OutputDtype = Field(OutputDtype.float32, description="Stored vector precision.")
     precision: Precision = Field(
         Precision.float32, description="Encoder matmul precision; bfloat16 needs a bare encoder."
     )
@@ -358,10 +391,16 @@ class DaskRunnerConfig(_Config):
 class EmbedStageConfig(_Config):
     """What to embed and where to run it; the model comes from `EmbedConfig` or the pipeline."""
 
-    embedding: EmbeddingChoice = Field(default_factory=EmbeddingChoice)
+    embedding: EmbeddingChoice = Field(
+        default_factory=EmbeddingChoice, description="Which vector each text becomes."
+    )
     splits: list[str] | None = Field(None, description="Only these splits; None = every row.")
-    batch_size: int = Field(64, ge=1, le=4096)
-    runner: DaskRunnerConfig = Field(default_factory=DaskRunnerConfig)
+    batch_size: int = Field(
+        64, ge=1, le=4096, description="Texts per model call (length-sorted, padded per batch)."
+    )
+    runner: DaskRunnerConfig = Field(
+        default_factory=DaskRunnerConfig, description="The Dask cluster the shard tasks run on."
+    )
 
 
 class EmbedConfig(EmbedStageConfig):
@@ -370,7 +409,9 @@ class EmbedConfig(EmbedStageConfig):
     export: str | None = Field(
         None, description="Export artifact folder; None = the bare encoder in `encoder`."
     )
-    encoder: EncoderConfig = Field(default_factory=EncoderConfig)
+    encoder: EncoderConfig = Field(
+        default_factory=EncoderConfig, description="The bare encoder used when `export` is None."
+    )
 
     @model_validator(mode="after")
     def _penultimate_needs_a_classifier(self) -> Self:
@@ -403,7 +444,11 @@ class ClusterConfig(_Config):
     embeddings: str | None = Field(
         None, description="Embeddings artifact folder; None = the one the pipeline just made."
     )
-    algorithm: ClusterAlgorithm = ClusterAlgorithm.kmeans
+    algorithm: ClusterAlgorithm = Field(
+        ClusterAlgorithm.kmeans,
+        description="kmeans, minibatch_kmeans (streams every point), hdbscan (noise = cluster -1) "
+        "or agglomerative.",
+    )
     k: int | None = Field(
         2, ge=2, le=1000, description="Clusters for kmeans, minibatch_kmeans, agglomerative."
     )
@@ -428,27 +473,34 @@ class ClusterConfig(_Config):
         5000, ge=100, description="Silhouette, Davies-Bouldin, Calinski-Harabasz sample size."
     )
     top_terms: int = Field(10, ge=1, le=100, description="Distinctive terms per cluster.")
-    seed: int = 0
+    seed: int = Field(0, description="Seeds every random choice: samples, initialisation, maps.")
 
     @model_validator(mode="after")
-    def _one_way_to_choose_k(self) -> Self:
+    def _k_and_sample_sizes_agree(self) -> Self:
         if self.k_range is not None:
             low, high = self.k_range
-            if not 2 <= low <= high:
-                raise ValueError("k_range: need 2 <= lowest <= highest")
+            if not 2 <= low <= high <= 1000:
+                raise ValueError("k_range: need 2 <= lowest <= highest <= 1000")
             if self.algorithm == ClusterAlgorithm.hdbscan:
                 raise ValueError("k_range: hdbscan finds its own number of clusters")
         elif self.k is None and self.algorithm != ClusterAlgorithm.hdbscan:
             raise ValueError(f"k: {self.algorithm} needs k (or k_range)")
+        most_clusters = self.k_range[1] if self.k_range is not None else self.k
+        if most_clusters is not None and most_clusters > self.fit_sample:
+            raise ValueError(f"k: {most_clusters} clusters, but fit_sample is {self.fit_sample}")
+        if self.reduce_to is not None and self.reduce_to > self.fit_sample:
+            raise ValueError(f"reduce_to: {self.reduce_to} exceeds fit_sample {self.fit_sample}")
         return self
 
 
 class PipelineConfig(_Config):
     """Every stage in one file: ingest -> train -> export -> embed -> cluster."""
 
-    ingest: IngestConfig
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    export: ExportConfig = Field(default_factory=ExportConfig)
+    ingest: IngestConfig = Field(description="The corpus and how it becomes a dataset.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="The classifier.")
+    export: ExportConfig = Field(
+        default_factory=ExportConfig, description="How the trained model is exported and checked."
+    )
     embed: EmbedStageConfig = Field(
         default_factory=lambda: EmbedStageConfig(
             embedding=EmbeddingChoice(source=EmbedSource.penultimate)
@@ -456,7 +508,9 @@ class PipelineConfig(_Config):
         description="Embeddings of the dataset from the exported classifier (default: its "
         "penultimate features, before dropout) or from its encoder's layers.",
     )
-    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    cluster: ClusterConfig = Field(
+        default_factory=ClusterConfig, description="Clustering of the embeddings."
+    )
 
     @model_validator(mode="after")
     def _stages_take_their_inputs_from_the_pipeline(self) -> Self:

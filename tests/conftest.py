@@ -1,4 +1,5 @@
-"""Shared test fixtures: a real local Prefect server, the shared corpus, a built encoder.
+"""Shared test fixtures: a real local Prefect server (with deployments and a worker), the shared
+corpus, a built encoder.
 
 The server and the encoder are built once per session; each test gets its own artifact store.
 """
@@ -10,6 +11,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -204,4 +206,146 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
         cwd=REPO,
         env={**os.environ},
         timeout=600,
+    )
+
+
+PROCESS_POOL = "penultimate-process"
+_FINAL_STATE_TYPES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+def prefect_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """`prefect --no-prompt ARGS` from the repository root; fails the test with its output if it
+    exits non-zero."""
+    # prefect.yaml's `{{ $PWD }}` is read from the environment, so it must name the cwd.
+    env = {**os.environ, "PWD": str(REPO)}
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    result = subprocess.run(
+        [prefect, "--no-prompt", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=600,
+    )
+    if result.returncode != 0:
+        pytest.fail(
+            f"prefect {' '.join(args)} exited with {result.returncode}:\n"
+            f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+        )
+    return result
+
+
+def prefect_api_call(api_url: str, method: str, path: str, body: Any = None) -> Any:
+    """One call of the REST API the Prefect UI uses; the decoded JSON answer (None if empty)."""
+    import httpx
+
+    response = httpx.request(method, f"{api_url}{path}", json=body, timeout=30)
+    response.raise_for_status()
+    return response.json() if response.content else None
+
+
+def wait_for_flow_run(api_url: str, flow_run_id: str, timeout_s: float = 300) -> dict[str, Any]:
+    """The flow run (as the API returns it) once its state is final."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        run = prefect_api_call(api_url, "GET", f"/flow_runs/{flow_run_id}")
+        if run["state_type"] in _FINAL_STATE_TYPES:
+            return run
+        if time.monotonic() > deadline:
+            pytest.fail(f"flow run {run['name']} still {run['state_name']} after {timeout_s:.0f}s")
+        time.sleep(1)
+
+
+@dataclass(frozen=True)
+class ProcessPoolDeployments:
+    api_url: str
+    deployment_ids: dict[str, str]  # deployment name -> id
+    worker_log: Path
+
+    @property
+    def ui_url(self) -> str:
+        return self.api_url.removesuffix("/api")
+
+
+@pytest.fixture(scope="session")
+def process_pool_deployments(
+    prefect_api: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ProcessPoolDeployments]:
+    """prefect.yaml deployed by `prefect deploy --all` onto the `process` work pool, with a
+    `prefect worker` subprocess polling it (flow runs execute in this checkout)."""
+    import signal
+
+    prefect_cli("work-pool", "create", PROCESS_POOL, "--type", "process")
+    prefect_cli("deploy", "--all")
+    deployments = prefect_api_call(
+        prefect_api,
+        "POST",
+        "/deployments/filter",
+        {"work_pools": {"name": {"any_": [PROCESS_POOL]}}},
+    )
+    ids = {deployment["name"]: deployment["id"] for deployment in deployments}
+    # The nightly cron must not start a whole pipeline should the session span 02:00 UTC.
+    nightly = ids["pipeline-nightly"]
+    prefect_api_call(prefect_api, "POST", f"/deployments/{nightly}/pause_deployment")
+    log = tmp_path_factory.mktemp("process-worker") / "worker.log"
+    # Polling every 2 s instead of 10 s starts each run soon after it is created.
+    env = {**os.environ, "PREFECT_WORKER_QUERY_SECONDS": "2"}
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    with log.open("wb") as output:
+        worker = subprocess.Popen(
+            [prefect, "worker", "start", "--pool", PROCESS_POOL, "--name", "pytest-worker"],
+            cwd=REPO,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield ProcessPoolDeployments(prefect_api, ids, log)
+    finally:
+        # SIGINT is the worker's orderly stop; it keeps polling through a SIGTERM.
+        worker.send_signal(signal.SIGINT)
+        try:
+            worker.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+
+
+@dataclass(frozen=True)
+class DeploymentRun:
+    flow_run: dict[str, Any]  # the finished flow run, as the API returns it
+    parameters: dict[str, Any]
+    store_root: Path
+
+
+def ingest_parameters(corpus: Path, store_root: Path, shard_rows: int) -> dict[str, Any]:
+    """Parameters of the `ingest` deployment for the mail corpus `corpus` into `store_root`."""
+    config = {
+        "source": str(corpus),
+        "text_format": "email",
+        "text_column": "raw",
+        "passthrough_columns": ["group"],
+        "shard_rows": shard_rows,
+    }
+    return {"config": config, "store_root": str(store_root)}
+
+
+@pytest.fixture(scope="session")
+def ingest_deployment_run(
+    process_pool_deployments: ProcessPoolDeployments,
+    corpus_slice: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> DeploymentRun:
+    """A run of the `ingest` deployment with custom parameters (300 mails, 70 rows per shard, a
+    fresh store), created through the REST API as the UI's Run button does, run by the worker."""
+    api_url = process_pool_deployments.api_url
+    parameters = ingest_parameters(corpus_slice, tmp_path_factory.mktemp("deployed-store"), 70)
+    deployment_id = process_pool_deployments.deployment_ids["ingest"]
+    created = prefect_api_call(
+        api_url, "POST", f"/deployments/{deployment_id}/create_flow_run", {"parameters": parameters}
+    )
+    return DeploymentRun(
+        wait_for_flow_run(api_url, created["id"]), parameters, Path(parameters["store_root"])
     )
