@@ -26,6 +26,7 @@ demo: $(INSTALLED)
 
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 # The browser tests drive Debian's Chromium; installed once (apt-get, so as root) when missing.
 CHROMIUM := /usr/bin/chromium

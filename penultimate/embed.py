@@ -140,18 +140,16 @@ class ExportedEmbedder:
         self.num_layers = sum(1 for k in encode_outputs if k.endswith("_cls"))
         self.choice_blocks = None
         if choice.source == EmbedSource.all_choices:
-            specs = {name: encode_outputs[name] for name in encoder_choice_names(self.num_layers)}
-            specs["penultimate"] = self.model.signatures["embed"].structured_outputs["embedding"]
-            self.choice_blocks = choice_blocks(specs)
+            names = [*encoder_choice_names(self.num_layers), "penultimate"]
+            self.choice_blocks = choice_blocks({name: encode_outputs[name] for name in names})
 
     def _vectors(self, texts: tf.Tensor) -> tf.Tensor:
         choice = self.choice
         if choice.source == EmbedSource.all_choices:
-            # Two passes, not one per choice: `encode` serves every layer and pooling at once.
+            # One encoder pass serves every layer, pooling and the penultimate features.
             choices = self.model.signatures["encode"](text=texts)
-            ordered = {name: choices[name] for name in encoder_choice_names(self.num_layers)}
-            ordered["penultimate"] = self.model.signatures["embed"](text=texts)["embedding"]
-            return concat_choices(ordered, choice.normalize)
+            names = [*encoder_choice_names(self.num_layers), "penultimate"]
+            return concat_choices({name: choices[name] for name in names}, choice.normalize)
         if choice.source == EmbedSource.penultimate:
             vector = self.model.signatures["embed"](text=texts)["embedding"]
         else:

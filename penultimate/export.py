@@ -18,7 +18,8 @@ from penultimate.artifacts import Stage
 from penultimate.features import encoder_choices
 from penultimate.train import TrainedClassifier, logits_to_probabilities
 
-EXPORT_STAGE = Stage("export", "1")
+# 2: `encode` also returns `penultimate`, so every choice comes from one encoder pass.
+EXPORT_STAGE = Stage("export", "2")
 SAVED_MODEL_DIR = "saved_model"
 VERIFY_BATCH_SIZES = (1, 7, 64)
 TOLERANCE = 1e-5
@@ -61,7 +62,10 @@ class ClassifierServing(tf.Module):
     def encode(self, text: tf.Tensor) -> dict[str, tf.Tensor]:
         inputs = self._inputs(text)
         outputs = self.classifier.encoder(inputs, training=False)
-        return encoder_choices(outputs, inputs["input_mask"])
+        choices = encoder_choices(outputs, inputs["input_mask"])
+        pooled = self.classifier.pool(outputs, inputs["input_mask"], False)
+        choices["penultimate"] = self.classifier.penultimate(pooled, False)
+        return choices
 
     @tf.function(input_signature=[_TEXT, tf.TensorSpec([], tf.int32, name="samples")])
     def predict_mc(self, text: tf.Tensor, samples: tf.Tensor) -> dict[str, tf.Tensor]:

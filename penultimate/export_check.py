@@ -34,6 +34,8 @@ def main(saved_dir: str, expected_file: str, report_file: str) -> None:
     diffs["embedding_repeat"] = float(np.abs(first.numpy() - second.numpy()).max())
     mc = model.signatures["predict_mc"](text=everything[:4], samples=tf.constant(3))
     encode = model.signatures["encode"](text=everything[:2])
+    served = embed(text=everything[:2])["embedding"].numpy()
+    diffs["encode_penultimate"] = float(np.abs(encode["penultimate"].numpy() - served).max())
     report = {
         "max_abs_diff": diffs,
         "predict_mc_shape": mc["mean"].shape.as_list(),

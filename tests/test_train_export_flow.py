@@ -128,7 +128,12 @@ def test_exported_model_serves_predictions_embeddings_layers_and_mc(
     assert mc["std"].numpy().max() > 0  # the dropout layers sample; serving stays deterministic
     assert np.abs(mc["mean"].numpy() - served).max() < 0.5
     encoded = saved.signatures["encode"](text=texts)
-    assert sorted(encoded) == sorted(encoder_choice_names(6))
+    assert sorted(encoded) == sorted([*encoder_choice_names(6), "penultimate"])
+    np.testing.assert_allclose(
+        encoded["penultimate"].numpy(),
+        saved.signatures["embed"](text=texts)["embedding"].numpy(),
+        atol=1e-6,
+    )
     trained = TrainedClassifier.load(model.path)
     np.testing.assert_allclose(
         saved.signatures["embed"](text=texts)["embedding"].numpy(),
