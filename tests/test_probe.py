@@ -94,14 +94,25 @@ def test_probe_scores_every_layer_and_pooling_and_reports_the_best(
     assert {"probe-scores", "probe-report"} <= prefect_artifact_keys(prefect_api)
 
 
-def test_probe_is_reproducible_and_a_rerun_is_cached(
+@pytest.fixture(scope="module")
+def probe_inputs(
     probed: tuple[ArtifactRef, object], config: ProbeConfig, encoder_store: str
+) -> tuple[ProbeRows, list[dict]]:
+    """The probe's rows and the `choice_blocks` of the embeddings it read."""
+    store = ArtifactStore(encoder_store)
+    embeddings = next(i for i in store.read_manifest(probed[0]).inputs if i.stage == "embeddings")
+    blocks = store.read_manifest(embeddings).metrics["choice_blocks"]
+    return read_probe_rows(EmbeddingShards.open(embeddings), 20000, 20000, config.seed), blocks
+
+
+def test_probe_is_reproducible_and_a_rerun_is_cached(
+    probed: tuple[ArtifactRef, object],
+    probe_inputs: tuple[ProbeRows, list[dict]],
+    config: ProbeConfig,
+    encoder_store: str,
 ) -> None:
     ref, _ = probed
-    store = ArtifactStore(encoder_store)
-    embeddings = next(i for i in store.read_manifest(ref).inputs if i.stage == "embeddings")
-    blocks = store.read_manifest(embeddings).metrics["choice_blocks"]
-    rows = read_probe_rows(EmbeddingShards.open(embeddings), 20000, 20000, config.seed)
+    rows, blocks = probe_inputs
     again = probe_table(rows, parse_choices(blocks), 1.0, config.cluster_rows, config.seed)
     assert again.equals(pl.read_csv(ref.path / "scores.csv", schema=again.schema))
 
@@ -113,12 +124,9 @@ def test_probe_is_reproducible_and_a_rerun_is_cached(
 
 
 def test_a_representation_that_carries_nothing_scores_at_chance(
-    probed: tuple[ArtifactRef, object], config: ProbeConfig, encoder_store: str
+    probe_inputs: tuple[ProbeRows, list[dict]], config: ProbeConfig
 ) -> None:
-    ref, _ = probed
-    store = ArtifactStore(encoder_store)
-    embeddings = next(i for i in store.read_manifest(ref).inputs if i.stage == "embeddings")
-    real = read_probe_rows(EmbeddingShards.open(embeddings), 20000, 20000, config.seed)
+    real, _ = probe_inputs
     zeros = ProbeRows(
         real.label_names,
         real.train_labels,
