@@ -45,7 +45,9 @@ def _run_commands() -> list[str]:
 def _make_dry_run(target: str) -> list[str]:
     """The commands `make TARGET` runs from scratch, as make itself expands them."""
     result = subprocess.run(
-        ["make", "--dry-run", "--always-make", target],
+        # --no-print-directory: under `make test` this is a sub-make, which would otherwise wrap
+        # each listing in "Entering/Leaving directory" lines that no two listings share in order.
+        ["make", "--dry-run", "--always-make", "--no-print-directory", target],
         cwd=REPO,
         capture_output=True,
         text=True,
