@@ -145,6 +145,13 @@ def run_sentence_transformers(
     return run, info
 
 
+FLOW_RUNS = (  # (name, workers, precision); round_ratios reads them in this order
+    ("flow, 1 worker x 2 threads, float32", 1, "float32"),
+    ("flow, 2 workers x 1 thread, float32", 2, "float32"),
+    ("flow, 2 workers x 1 thread, bfloat16", 2, "bfloat16"),
+)
+
+
 def round_ratios(index: int, runs: list[Run]) -> str:
     """One round's ratios as a table row: runs are the flows (1w f32, 2w f32, 2w bf16), the
     plain loop and sentence-transformers per batch size (the fastest is the reference)."""
@@ -292,33 +299,35 @@ def benchmark(args: argparse.Namespace, work: Path) -> list[str]:
             runner=DaskRunnerConfig(n_workers=workers, tf_threads=THREADS // workers),
         )
 
-    def measure_round(index: int) -> list[tuple[Run, dict]]:
-        """Every run of the comparison once, one after another, in its own folder."""
+    st_versions: dict[str, object] = {}  # what the sentence-transformers runs report
+
+    def measure_round(index: int) -> list[Run]:
+        """Every run of the comparison once, one after another, in its own folder: the flows of
+        FLOW_RUNS, the plain loop, then sentence-transformers per batch size."""
         folder = work / f"round-{index}"
         folder.mkdir()
-        flows = [
-            run_flow(f"flow, {workers} worker{'s' if workers > 1 else ''} x {THREADS // workers} "
-                     f"thread{'s' if THREADS // workers > 1 else ''}, {precision}",
-                     dataset, folder, base.root, flow_config(workers, precision))
-            for workers, precision in ((1, "float32"), (2, "float32"), (2, "bfloat16"))
-        ]  # fmt: skip
-        plain = run_plain_loop("plain loop, 1 process x 2 threads, float32", dataset, pair, folder)
-        st_runs = [
-            run_sentence_transformers(args.st_python, texts_json, folder, int(b))
-            for b in args.st_batch_sizes.split(",")
+        runs = [
+            run_flow(name, dataset, folder, base.root, flow_config(workers, precision))
+            for name, workers, precision in FLOW_RUNS
         ]
-        return [*((run, {}) for run in [*flows, plain]), *st_runs]
+        runs.append(
+            run_plain_loop("plain loop, 1 process x 2 threads, float32", dataset, pair, folder)
+        )
+        for batch_size in args.st_batch_sizes.split(","):
+            run, info = run_sentence_transformers(
+                args.st_python, texts_json, folder, int(batch_size)
+            )
+            st_versions.update(info)
+            runs.append(run)
+        return runs
 
     # This VM's speed drifts by tens of percent within minutes, so the comparison runs in rounds:
     # each round's ratios are side by side, and the table keeps each run's fastest round.
     rounds = [measure_round(index) for index in range(args.rounds)]
-    fastest = [min(runs, key=lambda pair: pair[0].seconds) for runs in zip(*rounds, strict=True)]
-    flows = [run for run, _ in fastest[:3]]
-    plain = fastest[3][0]
-    st_runs = fastest[4:]
-    st, st_info = max(st_runs, key=lambda pair: pair[0].texts_per_s)
-    round_rows = [round_ratios(index + 1, [run for run, _ in runs]) for index, runs in
-                  enumerate(rounds)]  # fmt: skip
+    fastest = [min(runs, key=lambda run: run.seconds) for runs in zip(*rounds, strict=True)]
+    flows, plain, st_runs = fastest[:3], fastest[3], fastest[4:]
+    st = max(st_runs, key=lambda run: run.texts_per_s)
+    round_rows = [round_ratios(index + 1, runs) for index, runs in enumerate(rounds)]
 
     scaling = []
     for times in (int(s) for s in args.scales.split(",")):
@@ -329,7 +338,7 @@ def benchmark(args: argparse.Namespace, work: Path) -> list[str]:
         )
 
     f32_1w, f32_2w, bf16_2w = flows
-    runs = [*flows, plain, *(run for run, _ in st_runs)]
+    runs = [*flows, plain, *st_runs]
     table = [
         "| run | texts | seconds | texts/s | vs sentence-transformers | steady-state texts/s "
         "(ratio) | peak memory per worker/process MB |",
@@ -361,7 +370,8 @@ def benchmark(args: argparse.Namespace, work: Path) -> list[str]:
         f"Corpus: {args.corpus}, {len(texts)} mails (subject + body), built-in `minilm-l6`, "
         f"max length 128, last layer mean pooling + L2 (the sentence-transformers recipe), "
         f"batch 64 for the flow, length-sorted batches padded per batch. sentence-transformers "
-        f"{st_info['sentence_transformers']} on torch {st_info['torch']} ({THREADS} threads; the "
+        f"{st_versions['sentence_transformers']} on torch {st_versions['torch']} "
+        f"({THREADS} threads; the "
         f"fastest of batch sizes {args.st_batch_sizes} is the reference). The comparison ran in "
         f"{args.rounds} rounds, every run once per round, one after another; the table keeps "
         "each run's fastest round and the round table below gives each round's own ratios. The "
