@@ -11,7 +11,8 @@ from prefect.futures import as_completed
 from penultimate.artifacts import ArtifactRef, ArtifactStore, open_artifact
 from penultimate.config import EmbedConfig
 from penultimate.ingest import dataset_shard_entries
-from tasks.embed import collect_embeddings, dask_task_runner, embed_shard
+from tasks.dask_cluster import dask_task_runner
+from tasks.embed import collect_embeddings, embed_shard
 from tasks.encoder import build_encoder
 
 

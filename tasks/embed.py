@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger
-from prefect_dask import DaskTaskRunner
 
 from penultimate.artifacts import ArtifactRef, ArtifactStore
-from penultimate.config import DaskRunnerConfig, EmbedConfig
+from penultimate.config import EmbedConfig
 from penultimate.embed import (
     EMBEDDING_SHARD_STAGE,
     EMBEDDINGS_STAGE,
@@ -23,20 +22,6 @@ from penultimate.embed import (
     peak_memory_mb,
 )
 from tasks.caching import artifact_task
-
-
-def dask_task_runner(runner: DaskRunnerConfig) -> DaskTaskRunner:
-    """An existing cluster by address, or a local cluster of single-threaded worker processes."""
-    if runner.dask_address:
-        return DaskTaskRunner(address=runner.dask_address)
-    return DaskTaskRunner(
-        cluster_kwargs={
-            "n_workers": runner.n_workers,
-            "threads_per_worker": 1,
-            "processes": True,
-            "dashboard_address": ":0",  # a free port: several clusters may run side by side
-        }
-    )
 
 
 def shard_identity(params: Mapping[str, Any]) -> tuple[dict[str, Any], list[ArtifactRef]]:

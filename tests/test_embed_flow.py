@@ -20,7 +20,7 @@ from flows.ingest import ingest
 from penultimate.artifacts import ArtifactRef, ArtifactStore
 from penultimate.config import EmbedConfig, IngestConfig
 from penultimate.embed import embedding_shard_files, read_embeddings
-from tasks.embed import dask_task_runner
+from tasks.dask_cluster import dask_task_runner
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 

@@ -23,7 +23,7 @@ from penultimate.artifacts import ArtifactRef, ArtifactStore
 from penultimate.config import EmbedConfig, IngestConfig
 from penultimate.email_text import email_to_text
 from penultimate.embed import EMBEDDING_SHARD_STAGE, embedding_shard_files, read_embeddings
-from tasks.embed import dask_task_runner
+from tasks.dask_cluster import dask_task_runner
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
