@@ -1,6 +1,5 @@
 """The Dask task runner the embed flow maps its shard tasks onto: an existing cluster by address,
-or a local cluster of single-threaded worker processes. Kept apart from the tasks, so a worker
-that unpickles a task does not import prefect-dask, which only the flow process needs.
+or a local cluster of single-threaded worker processes.
 """
 
 from __future__ import annotations
