@@ -109,6 +109,7 @@ class EncoderEmbedder:
             outputs = loaded.inference(choice.precision)(inputs)
             self.choice_blocks = choice_blocks(encoder_choices(outputs, inputs["input_mask"]))
         self._run = traced_features(loaded, self._vectors, choice.precision)
+        self.embed([""])  # traces and optimises the graph now: a shard's rate is embedding only
 
     def _vectors(self, outputs: Mapping[str, Any], mask: tf.Tensor) -> tf.Tensor:
         choice = self.choice
@@ -142,6 +143,7 @@ class ExportedEmbedder:
         if choice.source == EmbedSource.all_choices:
             names = [*encoder_choice_names(self.num_layers), "penultimate"]
             self.choice_blocks = choice_blocks({name: encode_outputs[name] for name in names})
+        self.embed([""])  # optimises the signature's graph now: a shard's rate is embedding only
 
     def _vectors(self, texts: tf.Tensor) -> tf.Tensor:
         choice = self.choice
