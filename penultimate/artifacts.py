@@ -220,8 +220,13 @@ class ArtifactStore:
     def _remove_abandoned(stage_dir: Path) -> None:
         cutoff = time.time() - _ABANDONED_AFTER_S
         for child in stage_dir.iterdir():
-            is_leftover = child.name.startswith((_STAGING_PREFIX, _TRASH_PREFIX))
-            if is_leftover and child.stat().st_mtime < cutoff:
+            if not child.name.startswith((_STAGING_PREFIX, _TRASH_PREFIX)):
+                continue
+            try:
+                abandoned = child.stat().st_mtime < cutoff
+            except FileNotFoundError:
+                continue  # another writer moved its staging folder into place meanwhile
+            if abandoned:
                 shutil.rmtree(child, ignore_errors=True)
 
     def artifacts(self, stage: Stage | str) -> list[ArtifactRef]:

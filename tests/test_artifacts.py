@@ -104,3 +104,33 @@ def test_sigkill_while_writing_leaves_nothing_visible_and_rerun_succeeds(tmp_pat
     rerun = store.publish(STAGE, {"n": 2}, lambda d: {"bytes": (d / "big.bin").write_bytes(b"y")})
     assert rerun == ref
     assert store.validate(ref) is not None
+
+
+_BUSY_WRITER = textwrap.dedent(
+    """
+    import sys
+    from penultimate.artifacts import ArtifactStore, Stage
+
+    store, writer = ArtifactStore(sys.argv[1]), sys.argv[2]
+    for n in range(150):
+        store.publish(Stage("demo", "1"), {"writer": writer, "n": n}, lambda d: None)
+    """
+)
+
+
+def test_writers_publishing_side_by_side_do_not_trip_over_each_others_staging(
+    tmp_path: Path,
+) -> None:
+    # Dask workers publish shard artifacts into one stage folder at the same moment; one
+    # writer's staging folder may vanish (moved into place) while another lists the folder.
+    writers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _BUSY_WRITER, str(tmp_path), str(writer)],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for writer in range(4)
+    ]
+    errors = [w.communicate(timeout=300)[1] for w in writers]
+    assert [w.returncode for w in writers] == [0, 0, 0, 0], "\n".join(errors)
+    assert len(ArtifactStore(tmp_path).artifacts(STAGE)) == 4 * 150
