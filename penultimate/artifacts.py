@@ -5,6 +5,7 @@ A folder `ROOT/<stage>/<key>/` exists for readers only when its `manifest.json` 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -206,15 +207,20 @@ class ArtifactStore:
 
     @staticmethod
     def _move_into_place(staging: Path, final: Path) -> None:
-        if final.exists():
-            # The old folder is invalid (else we would not republish); move it aside, not delete in
-            # place, so the swap itself is two renames.
-            trash = final.with_name(f"{_TRASH_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}")
+        # An old folder is invalid (else we would not republish): move it aside, not delete it in
+        # place, so the swap itself is two renames.
+        trash = final.with_name(f"{_TRASH_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}")
+        with contextlib.suppress(FileNotFoundError):  # none there, or a concurrent writer's move
             final.rename(trash)
+        try:
             staging.rename(final)
+        except OSError:
+            # A concurrent writer (another run of the same config) published this key a moment
+            # ago; its folder got there complete, by rename, so it stands.
+            if not (final / MANIFEST).is_file():
+                raise
+        finally:
             shutil.rmtree(trash, ignore_errors=True)
-        else:
-            staging.rename(final)
 
     @staticmethod
     def _remove_abandoned(stage_dir: Path) -> None:

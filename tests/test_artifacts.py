@@ -113,24 +113,37 @@ _BUSY_WRITER = textwrap.dedent(
 
     store, writer = ArtifactStore(sys.argv[1]), sys.argv[2]
     for n in range(150):
-        store.publish(Stage("demo", "1"), {"writer": writer, "n": n}, lambda d: None)
+        config = {"n": n} if writer == "same keys" else {"writer": writer, "n": n}
+        store.publish(Stage("demo", "1"), config, lambda d: {"chars": (d / "n").write_text("n")})
     """
 )
 
 
-def test_writers_publishing_side_by_side_do_not_trip_over_each_others_staging(
-    tmp_path: Path,
+@pytest.mark.parametrize("keys", ["own keys", "same keys"])
+def test_writers_publishing_side_by_side_do_not_trip_over_each_other(
+    tmp_path: Path, keys: str
 ) -> None:
-    # Dask workers publish shard artifacts into one stage folder at the same moment; one
-    # writer's staging folder may vanish (moved into place) while another lists the folder.
+    # Dask workers publish shard artifacts into one stage folder at the same moment: one
+    # writer's staging folder may vanish (moved into place) while another lists the folder, and
+    # two runs of one config publish the same keys.
     writers = [
         subprocess.Popen(
-            [sys.executable, "-c", _BUSY_WRITER, str(tmp_path), str(writer)],
+            [
+                sys.executable,
+                "-c",
+                _BUSY_WRITER,
+                str(tmp_path),
+                keys if keys == "same keys" else str(w),
+            ],
             stderr=subprocess.PIPE,
             text=True,
         )
-        for writer in range(4)
+        for w in range(4)
     ]
     errors = [w.communicate(timeout=300)[1] for w in writers]
     assert [w.returncode for w in writers] == [0, 0, 0, 0], "\n".join(errors)
-    assert len(ArtifactStore(tmp_path).artifacts(STAGE)) == 4 * 150
+    store = ArtifactStore(tmp_path)
+    published = store.artifacts(STAGE)
+    assert len(published) == (150 if keys == "same keys" else 4 * 150)
+    assert all(store.validate(ref) is not None for ref in published)
+    assert [p.name for p in (tmp_path / "demo").iterdir() if p.name.startswith(".")] == []
