@@ -104,6 +104,14 @@ def test_layers_combine_and_pool(loaded: LoadedEncoder) -> None:
         EmbeddingChoice(pooling="pooled", layers=[-2])
 
 
+def test_the_graph_is_traced_when_the_embedder_is_built(loaded: LoadedEncoder) -> None:
+    # So a worker's first shard measures embedding, not tracing; one trace serves every shape.
+    embedder = EncoderEmbedder(loaded, EmbeddingChoice())
+    assert embedder._run.experimental_get_tracing_count() == 1
+    embedder.embed(["a short text", "a much longer text " * 40])
+    assert embedder._run.experimental_get_tracing_count() == 1
+
+
 def test_shard_embeddings_keep_ids_order_and_passthrough(
     loaded: LoadedEncoder, tmp_path: Path
 ) -> None:
