@@ -60,6 +60,11 @@ class Run:
         return self.texts / self.seconds
 
 
+def compute_seconds(shard_stats: list[dict]) -> float:
+    """The shards' own embedding time, from the rows and texts/s each shard reports."""
+    return sum(s["rows"] / s["texts_per_s"] for s in shard_stats if s["rows"])
+
+
 def ingest(source: Path, store: ArtifactStore, shard_rows: int, email: bool) -> ArtifactRef:
     from flows.ingest import ingest as ingest_flow
 
@@ -95,8 +100,7 @@ def run_flow(
     stats = [m.metrics for m in shard_manifests if m is not None]
     peak = max(s["worker_peak_rss_mb"] for s in stats)
     # Steady state: the shards' own compute time spread over the workers, without start-up.
-    busy = sum(s["rows"] / s["texts_per_s"] for s in stats if s["rows"])
-    steady = sum(s["rows"] for s in stats) / (busy / config.runner.n_workers)
+    steady = sum(s["rows"] for s in stats) / (compute_seconds(stats) / config.runner.n_workers)
     rows, matrix = read_embeddings(embedding_shard_files(shard_uris))
     print(f"{name}: {rows.height / seconds:.1f} texts/s, worker peak {peak} MB", flush=True)
     return Run(name, rows.height, seconds, peak, np.array(matrix, np.float32), steady)
@@ -109,12 +113,12 @@ def plain_loop(dataset: ArtifactRef, pair: EncoderPair, out: Path) -> None:
     choice = EmbeddingChoice()
     embedder = EncoderEmbedder(LoadedEncoder.load(pair.preprocessor, pair.encoder), choice)
     out.mkdir(parents=True)
-    busy = 0.0
-    for index, shard in enumerate(dataset_shards(dataset)):
-        out_file = out / f"{index:05d}.parquet"
-        stats = extract_shard_embeddings(embedder, shard, out_file, choice, None)
-        busy += stats["rows"] / stats["texts_per_s"] if stats["rows"] else 0.0
+    stats = [
+        extract_shard_embeddings(embedder, shard, out / f"{index:05d}.parquet", choice, None)
+        for index, shard in enumerate(dataset_shards(dataset))
+    ]
     rows = read_embeddings(sorted(out.glob("*.parquet")))[0].height
+    busy = compute_seconds(stats)
     print(json.dumps({"rows": rows, "busy_seconds": busy, "peak_mb": peak_memory_mb()}))
 
 
