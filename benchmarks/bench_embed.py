@@ -35,7 +35,8 @@ from penultimate.embed import (
     peak_memory_mb,
     read_embeddings,
 )
-from penultimate.encoders.bert_convert import EncoderPair, resolve_weights_folder
+from penultimate.encoders.bert_convert import resolve_weights_folder
+from penultimate.encoders.pair import EncoderPair
 from penultimate.features import LoadedEncoder, length_sorted_batches
 from penultimate.ingest import dataset_shards, read_dataset
 from penultimate.prefect_server import start_local_server, stop_local_server
@@ -111,7 +112,7 @@ def plain_loop(dataset: ArtifactRef, pair: EncoderPair, out: Path) -> None:
     as a user's own script would do it; prints the rows, the shards' compute seconds (measured
     as the flow's are) and this process's peak memory."""
     choice = EmbeddingChoice()
-    embedder = EncoderEmbedder(LoadedEncoder.load(pair.preprocessor, pair.encoder), choice)
+    embedder = EncoderEmbedder(LoadedEncoder.load(pair), choice)
     out.mkdir(parents=True)
     stats = [
         extract_shard_embeddings(embedder, shard, out / f"{index:05d}.parquet", choice, None)
@@ -316,7 +317,7 @@ def benchmark(args: argparse.Namespace, work: Path) -> list[str]:
     texts = frame["text"].to_list()
     texts_json = work / "texts.json"
     texts_json.write_text(json.dumps(texts))
-    loaded = LoadedEncoder.load(pair.preprocessor, pair.encoder)
+    loaded = LoadedEncoder.load(pair)
     tokens = token_counts(loaded, texts, 64)
     steps = profile(loaded, texts[: args.slice_rows], 64)
     print(steps, flush=True)

@@ -22,8 +22,6 @@ from penultimate.encoders.bert_convert import build_encoder_pair, resolve_weight
 from penultimate.features import LoadedEncoder
 from penultimate.ingest import DATASET_STAGE, prepare_dataset, write_dataset
 from penultimate.train import (
-    EncoderPaths,
-    EncoderShape,
     compute_features,
     train_classifier,
     uses_feature_cache,
@@ -72,9 +70,7 @@ def main() -> None:
         DATASET_STAGE, ingest, lambda out: write_dataset(frame, counts, out, 2000)
     )
     pair = build_encoder_pair(resolve_weights_folder("minilm-l6"), work / "encoder", seq_length=128)
-    paths = EncoderPaths(str(pair.preprocessor), str(pair.encoder))
-    loaded = LoadedEncoder.load(paths.preprocessor, paths.encoder)
-    shape = EncoderShape.probe(loaded)
+    loaded = LoadedEncoder.load(pair)
     train_rows = frame.filter(pl.col("split") == "train").height
 
     rows = []
@@ -87,13 +83,11 @@ def main() -> None:
 
     def run(name: str, overrides: dict[str, Any]) -> None:
         config = TrainConfig.model_validate(overrides)
-        labels = validate_training_inputs(config, dataset, frame, shape)
+        labels = validate_training_inputs(config, dataset, frame, loaded.info)
         out = Path(tempfile.mkdtemp(dir=work))
         began = time.perf_counter()
         features = features_dir if uses_feature_cache(config) else None
-        metrics = train_classifier(
-            config, frame, labels, paths, loaded, shape, out, features, print
-        )
+        metrics = train_classifier(config, frame, labels, pair, loaded, out, features, print)
         seconds = time.perf_counter() - began
         test = metrics["test"]
         rows.append(

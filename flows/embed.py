@@ -10,6 +10,7 @@ from prefect.futures import as_completed
 
 from penultimate.artifacts import ArtifactRef, ArtifactStore, open_artifact
 from penultimate.config import EmbedConfig
+from penultimate.embed import check_layers, model_layers
 from penultimate.ingest import dataset_shard_entries
 from tasks.dask_cluster import dask_task_runner
 from tasks.embed import collect_embeddings, embed_shard
@@ -22,16 +23,12 @@ class ShardsFailed(RuntimeError):
 
 @flow(name="embed-shards", log_prints=True)
 def embed_shards(
-    config: EmbedConfig, dataset: ArtifactRef, store_root: str | None = None
+    config: EmbedConfig, dataset: ArtifactRef, model: ArtifactRef, store_root: str | None = None
 ) -> ArtifactRef:
-    """Embed every shard (cached per shard), then publish the embeddings artifact."""
+    """Embed every shard with `model` (an encoder or export artifact; cached per shard), then
+    publish the embeddings artifact."""
     store = ArtifactStore(store_root)
     root = str(store.root)
-    model = (
-        open_artifact(config.export, "export")
-        if config.export
-        else build_encoder(config=config.encoder, store_root=root)
-    )
     # Only the manifest is checked here: a damaged shard fails its own task, naming the file,
     # while the other shards complete.
     manifest = store.read_manifest(dataset)
@@ -67,8 +64,16 @@ def embed_shards(
 
 @flow(name="embed", log_prints=True)
 def embed(config: EmbedConfig, dataset: ArtifactRef, store_root: str | None = None) -> ArtifactRef:
-    """Embed a dataset on the Dask cluster `config.runner` names (a subflow on that runner)."""
+    """Embed a dataset on the Dask cluster `config.runner` names (a subflow on that runner),
+    after checking the embedding choice against the model, before any cluster starts."""
+    store = ArtifactStore(store_root)
+    model = (
+        open_artifact(config.export, "export")
+        if config.export
+        else build_encoder(config=config.encoder, store_root=str(store.root))
+    )
+    check_layers(config.embedding, model_layers(store.read_manifest(model)))
     runner = dask_task_runner(config.runner)
     return embed_shards.with_options(task_runner=runner)(
-        config=config, dataset=dataset, store_root=store_root
+        config=config, dataset=dataset, model=model, store_root=str(store.root)
     )

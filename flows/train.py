@@ -16,9 +16,10 @@ from tasks.train import check_training_inputs, encode_features, train_model
 
 @flow(name="train", log_prints=True)
 def train(config: TrainConfig, dataset: ArtifactRef, store_root: str | None = None) -> ArtifactRef:
-    """Build the encoder (cached), check inputs, cache features if frozen, train and evaluate."""
+    """Build or import the encoder (cached), check inputs, cache features if frozen, train and
+    evaluate."""
     root = str(ArtifactStore(store_root).root)
-    encoder = None if config.hub_encoder else build_encoder(config=config.encoder, store_root=root)
+    encoder = build_encoder(config=config.encoder, store_root=root)
     labels = check_training_inputs(config=config, dataset=dataset, encoder=encoder)
     features = (
         encode_features(config=config, dataset=dataset, encoder=encoder, store_root=root)

@@ -111,6 +111,19 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+_MEMO: dict[tuple[str, int, int, int], str] = {}
+
+
+def sha256_file_memo(path: Path) -> str:
+    """`sha256_file`, remembered for this process while the file's size, mtime and inode stay the
+    same: weights that several keys are computed from are hashed once, not once per key."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    if key not in _MEMO:
+        _MEMO[key] = sha256_file(path)
+    return _MEMO[key]
+
+
 class ArtifactStore:
     """A root folder of artifacts. Every worker must see the same root (local disk or shared mount).
 

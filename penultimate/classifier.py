@@ -16,8 +16,15 @@ from penultimate.config import Pooling, TrainConfig
 from penultimate.dropout import StructuredDropout
 from penultimate.features import pool_encoder_outputs
 
+# Transformer blocks and the pooler as TF-Hub BERT encoders name their variables: `layer_<i>/...`
+# and `pooler/...` in the built-in encoder, `transformer/layer_<i>/...` and `pooler_transform/...`
+# in TensorFlow Model Garden exports (the TF-Hub / Kaggle BERT family).
 _BLOCK = re.compile(r"(?:^|/)layer_(\d+)/")
-_POOLER = re.compile(r"(?:^|/)pooler/")
+_POOLER = re.compile(r"(?:^|/)pooler(?:_transform)?/")
+
+
+class EncoderStructureError(ValueError):
+    """`freeze: top:N` cannot tell the encoder's blocks or pooler apart by variable name."""
 
 
 class WarmupLinearDecay(tf_keras.optimizers.schedules.LearningRateSchedule):
@@ -48,28 +55,36 @@ class WarmupLinearDecay(tf_keras.optimizers.schedules.LearningRateSchedule):
         }
 
 
-def trainable_encoder_variables(
-    encoder: tf_keras.layers.Layer, num_layers: int, top_blocks: int | None
-) -> list[tf.Variable]:
-    """The encoder variables that `freeze` leaves trainable: all (None), or the top N blocks and
-    the pooler. Blocks are recognised by TF-Hub BERT's `layer_<i>/` variable names."""
-    variables = list(encoder.weights)
+def encoder_variables_to_train(
+    names: list[str], num_layers: int, top_blocks: int | None
+) -> list[str]:
+    """The names of the trainable encoder variables that `freeze` trains: all (None), none (0),
+    or those of the top `top_blocks` blocks and of the pooler.
+
+    Raises EncoderStructureError unless every block 0..num_layers-1 and the pooler are found, so
+    `top:N` can never silently train less than it says.
+    """
     if top_blocks is None:
-        return variables
+        return list(names)
     if top_blocks == 0:
         return []
-    first = num_layers - top_blocks
-    chosen = []
-    for variable in variables:
-        block = _BLOCK.search(variable.name)
-        if (block and int(block.group(1)) >= first) or _POOLER.search(variable.name):
-            chosen.append(variable)
-    if not any(_BLOCK.search(v.name) for v in chosen):
-        raise ValueError(
-            "freeze: top:N needs encoder variables named layer_<i>/...; this encoder has none "
-            "(use freeze: all or none)"
+    blocks = {int(m.group(1)) for m in map(_BLOCK.search, names) if m}
+    if blocks != set(range(num_layers)):
+        raise EncoderStructureError(
+            f"freeze: top:{top_blocks} needs the encoder's {num_layers} blocks named "
+            f"layer_<i>/...; found blocks {sorted(blocks)} (use freeze: all or none)"
         )
-    return chosen
+    if not any(_POOLER.search(name) for name in names):
+        raise EncoderStructureError(
+            f"freeze: top:{top_blocks} needs the pooler's variables (pooler/... or "
+            "pooler_transform/...); this encoder has none (use freeze: all or none)"
+        )
+    first = num_layers - top_blocks
+    return [
+        name
+        for name in names
+        if ((block := _BLOCK.search(name)) and int(block.group(1)) >= first) or _POOLER.search(name)
+    ]
 
 
 class TextClassifier(tf_keras.Model):
@@ -184,9 +199,12 @@ class TextClassifier(tf_keras.Model):
         return self.penultimate(self.encoder_features(inputs, False, False), False)
 
     def encoder_variables_to_train(self) -> list[tf.Variable]:
-        return trainable_encoder_variables(
-            self.encoder, self.num_layers, self.train_config.trained_top_blocks
+        # Only the encoder's trainable variables: a SavedModel may carry others (e.g. counters).
+        variables = {v.name: v for v in self.encoder.trainable_weights}
+        names = encoder_variables_to_train(
+            list(variables), self.num_layers, self.train_config.trained_top_blocks
         )
+        return [variables[name] for name in names]
 
     def head_variables(self) -> list[tf.Variable]:
         encoder_ids = {id(v) for v in self.encoder.weights}

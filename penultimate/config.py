@@ -94,20 +94,72 @@ class IngestConfig(_Config):
 
 
 class EncoderConfig(_Config):
-    """A TF-Hub-format encoder pair to build (built-in or converted from a safetensors folder)."""
+    """Where the encoder pair comes from: the built-in one, a BERT safetensors folder converted
+    offline, or any TF-Hub-format preprocessor + encoder pair (TF-Hub / Kaggle handle or local
+    SavedModel folder each), imported into the store."""
 
-    source: str = Field(
+    source: str | None = Field(
         "minilm-l6",
         description="Built-in name (minilm-l6) or a BERT safetensors folder "
-        "(config.json, vocab.txt, model.safetensors).",
+        "(config.json, vocab.txt, model.safetensors); unset with hub_preprocessor/hub_encoder.",
     )
-    seq_length: int = Field(128, ge=8, le=512, description="Preprocessor output length.")
+    hub_preprocessor: str | None = Field(
+        None,
+        description="TF-Hub/Kaggle handle or local SavedModel folder of a BERT preprocessor "
+        "(call, tokenize, bert_pack_inputs); goes with hub_encoder.",
+    )
+    hub_encoder: str | None = Field(
+        None,
+        description="TF-Hub/Kaggle handle or local SavedModel folder of a BERT encoder "
+        "(pooled_output, sequence_output, encoder_outputs); its baked-in dropout applies.",
+    )
+    seq_length: int = Field(
+        128, ge=8, le=512, description="Most tokens per text, [CLS] and [SEP] included."
+    )
     hidden_dropout: float | None = Field(
-        None, ge=0, lt=1, description="Encoder dropout while fine-tuning; None = config.json's."
+        None,
+        ge=0,
+        lt=1,
+        description="Encoder dropout while fine-tuning a converted encoder; None = config.json's.",
     )
     attention_dropout: float | None = Field(
-        None, ge=0, lt=1, description="Attention dropout while fine-tuning; None = config.json's."
+        None,
+        ge=0,
+        lt=1,
+        description="Attention dropout while fine-tuning a converted encoder; None = "
+        "config.json's.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _hub_pair_replaces_the_default_source(cls, data: Any) -> Any:
+        hub_given = isinstance(data, dict) and any(
+            data.get(name) is not None for name in ("hub_preprocessor", "hub_encoder")
+        )
+        return {**data, "source": None} if hub_given and "source" not in data else data
+
+    @model_validator(mode="after")
+    def _one_way_to_name_the_encoder(self) -> Self:
+        if (self.hub_preprocessor is None) != (self.hub_encoder is None):
+            raise ValueError("hub_preprocessor and hub_encoder go together")
+        if self.is_hub_pair:
+            if self.source is not None:
+                raise ValueError(
+                    "source and hub_preprocessor/hub_encoder are two ways to name the encoder; "
+                    "give one"
+                )
+            for name in ("hidden_dropout", "attention_dropout"):
+                if getattr(self, name) is not None:
+                    raise ValueError(
+                        f"{name}: a TF-Hub encoder's dropout is baked into its SavedModel"
+                    )
+        elif self.source is None:
+            raise ValueError("source: name a built-in encoder or a folder, or give hub_* handles")
+        return self
+
+    @property
+    def is_hub_pair(self) -> bool:
+        return self.hub_encoder is not None
 
 
 class ConfigFileError(InputError):
@@ -208,14 +260,8 @@ class TrainConfig(_Config):
 
     encoder: EncoderConfig = Field(
         default_factory=EncoderConfig,
-        description="Built-in or converted encoder; its hidden/attention dropout applies when "
-        "fine-tuning (each value builds and caches its own encoder).",
-    )
-    hub_preprocessor: str | None = Field(
-        None, description="TF-Hub handle or path; with hub_encoder, replaces `encoder`."
-    )
-    hub_encoder: str | None = Field(
-        None, description="TF-Hub handle or path. Its baked-in dropout rate applies."
+        description="The encoder pair: built-in, converted or a TF-Hub/Kaggle pair (each value "
+        "builds or imports and caches its own encoder artifact).",
     )
     pooling: Pooling = Field(
         Pooling.mean,
@@ -255,8 +301,6 @@ class TrainConfig(_Config):
 
     @model_validator(mode="after")
     def _placements_exist(self) -> Self:
-        if (self.hub_preprocessor is None) != (self.hub_encoder is None):
-            raise ValueError("hub_preprocessor and hub_encoder go together")
         if self.pooling == Pooling.pooled and self.layer != -1:
             raise ValueError(
                 "pooling: pooled is the pooler output of the last layer; use layer: -1"

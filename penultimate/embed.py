@@ -19,9 +19,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import tensorflow as tf
 
-from penultimate.artifacts import Stage
+from penultimate.artifacts import Manifest, Stage
 from penultimate.config import EmbeddingChoice, EmbedPooling, EmbedSource, LayerCombine
-from penultimate.encoders.bert_convert import EncoderPair
+from penultimate.encoders.pair import EncoderPair
 from penultimate.errors import InputError
 from penultimate.features import (
     LoadedEncoder,
@@ -47,12 +47,14 @@ class ShardError(InputError):
 class Embedder(Protocol):
     """Texts in, one float32 vector per text out: `embed(texts) -> [len(texts), dim]`.
 
-    `preprocessor` is the TF-Hub-format preprocessor the embedder tokenizes with.
+    `preprocessor` is the TF-Hub-format preprocessor the embedder tokenizes with, `seq_length`
+    the most tokens it keeps of a text.
     `choice_blocks` names, for `source: all_choices`, the side-by-side blocks each vector is made
     of, in order, as `{"name": "layer_3_mean", "dim": 384}`; None for a single choice.
     """
 
     preprocessor: Any
+    seq_length: int
     choice_blocks: list[dict[str, Any]] | None
 
     def embed(self, texts: Sequence[str]) -> np.ndarray: ...
@@ -94,15 +96,17 @@ class EncoderEmbedder:
         batch_size: texts per encoder call (batches are length-sorted and padded per batch).
 
     Example:
-        >>> embedder = EncoderEmbedder(LoadedEncoder.load(pre, enc), EmbeddingChoice())
+        >>> embedder = EncoderEmbedder(LoadedEncoder.load(EncoderPair(uri)), EmbeddingChoice())
         >>> embedder.embed(["a text", "another"]).shape  # (2, 384)
     """
 
     def __init__(self, loaded: LoadedEncoder, choice: EmbeddingChoice, batch_size: int = 64):
         if choice.source == EmbedSource.penultimate:
             raise ValueError("a bare encoder has no penultimate features; use source: encoder")
+        check_layers(choice, loaded.info.num_layers)
         self.loaded, self.choice, self.batch_size = loaded, choice, batch_size
         self.preprocessor = loaded.preprocessor
+        self.seq_length = loaded.info.seq_length
         self.choice_blocks = None
         if choice.source == EmbedSource.all_choices:
             inputs = loaded.tokenize([""])
@@ -136,9 +140,11 @@ class ExportedEmbedder:
 
         self.model = tf.saved_model.load(str(saved_model))
         self.preprocessor = self.model.preprocessor
+        self.seq_length = int(self.model.seq_length.numpy())
         self.choice, self.batch_size = choice, batch_size
         encode_outputs = self.model.signatures["encode"].structured_outputs
         self.num_layers = sum(1 for k in encode_outputs if k.endswith("_cls"))
+        check_layers(choice, self.num_layers)
         self.choice_blocks = None
         if choice.source == EmbedSource.all_choices:
             names = [*encoder_choice_names(self.num_layers), "penultimate"]
@@ -166,7 +172,7 @@ class ExportedEmbedder:
                 )
                 per_layer = [
                     tf.concat([encoded[f"layer_{i % self.num_layers}_{p}"] for p in poolings], -1)
-                    for i in choice.layers
+                    for i in choice.layers  # checked in range; % turns -1 into the last layer
                 ]
                 vector = combine_layers(per_layer, choice.combine)
         return l2_normalize(vector) if choice.normalize else vector
@@ -211,13 +217,34 @@ def embeddings_table(frame: pl.DataFrame, vectors: np.ndarray, dtype: str) -> pa
     return pa.table(columns)
 
 
-def count_truncated(preprocessor: Any, texts: Sequence[str], batch_size: int = 256) -> int:
-    """How many texts are longer than the preprocessor's sequence length (and so get cut)."""
-    seq_length = int(preprocessor(tf.constant([""]))["input_word_ids"].shape[1])
+def check_layers(choice: EmbeddingChoice, num_layers: int) -> None:
+    """Every index of `choice.layers` names a layer of an encoder with `num_layers` layers."""
+    outside = [i for i in choice.layers if not -num_layers <= i < num_layers]
+    if outside and choice.source != EmbedSource.penultimate:
+        raise InputError(
+            f"embedding.layers: {outside} outside the encoder's {num_layers} layers "
+            f"(0..{num_layers - 1}, or -1..-{num_layers} from the top)"
+        )
+
+
+def model_layers(manifest: Manifest | None) -> int:
+    """The encoder layers of an `encoder` or `export` artifact, from its manifest."""
+    if manifest is None:
+        raise InputError("the model artifact is not complete (manifest.json missing or invalid)")
+    if manifest.stage == "export":
+        return int(manifest.metrics["encoder"]["num_layers"])
+    return int(manifest.metrics["num_layers"])
+
+
+def count_truncated(
+    preprocessor: Any, texts: Sequence[str], seq_length: int, batch_size: int = 256
+) -> int:
+    """How many texts are longer than `seq_length` tokens with [CLS] and [SEP] (and so get cut)."""
     total = 0
     for start in range(0, len(texts), batch_size):
         tokens = preprocessor.tokenize(tf.constant(list(texts[start : start + batch_size])))
-        lengths = tokens.merge_dims(1, -1).row_lengths() + 2  # plus [CLS] and [SEP]
+        flat = tokens.merge_dims(1, -1) if tokens.ragged_rank > 1 else tokens
+        lengths = flat.row_lengths() + 2  # plus [CLS] and [SEP]
         total += int(tf.reduce_sum(tf.cast(lengths > seq_length, tf.int32)))
     return total
 
@@ -241,7 +268,7 @@ def extract_shard_embeddings(
         texts = frame["text"].to_list()
         vectors = embedder.embed(texts)
         table = embeddings_table(frame, vectors, str(choice.dtype))
-        truncated = count_truncated(embedder.preprocessor, texts)
+        truncated = count_truncated(embedder.preprocessor, texts, embedder.seq_length)
     seconds = time.perf_counter() - started
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
     pq.write_table(table, tmp, compression="zstd")
@@ -295,8 +322,7 @@ def load_embedder(
     choice = EmbeddingChoice.model_validate_json(choice_json)
     if model_stage == "export":
         return ExportedEmbedder(Path(model_uri) / "saved_model", choice, batch_size)
-    pair = EncoderPair(Path(model_uri))
-    return EncoderEmbedder(LoadedEncoder.load(pair.preprocessor, pair.encoder), choice, batch_size)
+    return EncoderEmbedder(LoadedEncoder.load(EncoderPair(Path(model_uri))), choice, batch_size)
 
 
 def embedding_shard_files(shard_uris: Sequence[str]) -> list[Path]:

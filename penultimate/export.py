@@ -15,11 +15,13 @@ import numpy as np
 import tensorflow as tf
 
 from penultimate.artifacts import Stage
-from penultimate.features import encoder_choices
+from penultimate.features import encoder_choices, pack_to_longest
 from penultimate.train import TrainedClassifier, logits_to_probabilities
 
 # 2: `encode` also returns `penultimate`, so every choice comes from one encoder pass.
-EXPORT_STAGE = Stage("export", "2")
+# 3: inputs packed through the standard `tokenize` + `bert_pack_inputs` (any TF-Hub preprocessor);
+#    `seq_length` kept as a variable.
+EXPORT_STAGE = Stage("export", "3")
 SAVED_MODEL_DIR = "saved_model"
 VERIFY_BATCH_SIZES = (1, 7, 64)
 TOLERANCE = 1e-5
@@ -39,9 +41,12 @@ class ClassifierServing(tf.Module):
         self.preprocessor = trained.loaded.preprocessor
         self.classifier = trained.model
         self.binary = trained.model.num_classes == 2
+        # Readable after loading (`model.seq_length.numpy()`): texts longer than this are cut.
+        self.seq_length = tf.Variable(trained.loaded.info.seq_length, trainable=False)
+        self._packed_length = trained.loaded.info.seq_length
 
     def _inputs(self, text: tf.Tensor) -> dict[str, tf.Tensor]:
-        return self.preprocessor.tokenize_for_dynamic_padding(text)
+        return pack_to_longest(self.preprocessor, text, self._packed_length)
 
     def _probabilities(self, logits: tf.Tensor) -> tf.Tensor:
         if self.binary:
@@ -98,6 +103,7 @@ def export_classifier(
     (out / "labels.json").write_text(json.dumps(trained.labels.names))
     report = verify_export(trained, saved, probe_texts)
     report["signatures"] = describe_signatures(saved)
+    report["encoder"] = trained.loaded.info.summary()
     return report
 
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
 from penultimate.config import Pooling, Precision
+from penultimate.encoders.pair import EncoderInfo, EncoderPair
 from penultimate.errors import InputError
 from penultimate.pooling import cls_token, masked_max, masked_mean
 
@@ -65,18 +65,43 @@ def pool_encoder_outputs(
     return pool_tokens(select_layer(outputs, layer), mask, pooling)
 
 
+def pack_to_longest(preprocessor: Any, texts: tf.Tensor, seq_length: int) -> dict[str, tf.Tensor]:
+    """Encoder inputs for [batch] strings, padded only to the batch's longest row (at most
+    `seq_length`), through the standard TF-Hub preprocessor interface: `tokenize`, then
+    `bert_pack_inputs` at that length. Works for any TF-Hub BERT preprocessor."""
+    tokens = preprocessor.tokenize(texts)
+    flat = tokens.merge_dims(1, -1) if tokens.ragged_rank > 1 else tokens
+    # [CLS] + tokens + [SEP]; the maximum with 0 gives an empty batch a valid length too.
+    longest = tf.cast(tf.maximum(tf.reduce_max(flat.row_lengths()), 0), tf.int32) + 2
+    return preprocessor.bert_pack_inputs([tokens], seq_length=tf.minimum(longest, seq_length))
+
+
 @dataclass
 class LoadedEncoder:
-    """A preprocessor/encoder SavedModel pair, loaded once and reused for every batch."""
+    """An encoder artifact's preprocessor/encoder pair, loaded once and reused for every batch."""
 
     preprocessor: Any
     encoder: Any
+    info: EncoderInfo
+
+    def __post_init__(self) -> None:
+        seq_length = self.info.seq_length
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+        def pack(texts: tf.Tensor) -> dict[str, tf.Tensor]:
+            return pack_to_longest(self.preprocessor, texts, seq_length)
+
+        self._pack = pack
 
     @classmethod
-    def load(cls, preprocessor: str | Path, encoder: str | Path) -> LoadedEncoder:
+    def load(cls, pair: EncoderPair) -> LoadedEncoder:
         import tensorflow_text  # noqa: F401  (registers the ops the preprocessor uses)
 
-        return cls(tf.saved_model.load(str(preprocessor)), tf.saved_model.load(str(encoder)))
+        return cls(
+            tf.saved_model.load(str(pair.preprocessor)),
+            tf.saved_model.load(str(pair.encoder)),
+            pair.read_info(),
+        )
 
     def inference(self, precision: Precision) -> Callable[[dict[str, tf.Tensor]], Any]:
         """The encoder's inference call at `precision` (bfloat16: built-in encoders only)."""
@@ -90,8 +115,8 @@ class LoadedEncoder:
         return self.encoder.call_bfloat16
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, tf.Tensor]:
-        """Encoder inputs padded to the batch's longest text."""
-        return self.preprocessor.tokenize_for_dynamic_padding(tf.constant(list(texts)))
+        """Encoder inputs padded to the batch's longest text (see `pack_to_longest`)."""
+        return self._pack(tf.constant(list(texts), tf.string))
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:

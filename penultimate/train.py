@@ -16,8 +16,15 @@ import tensorflow as tf
 import tf_keras
 
 from penultimate.artifacts import ArtifactRef, Stage
-from penultimate.classifier import HeadModel, TextClassifier, WarmupLinearDecay
+from penultimate.classifier import (
+    EncoderStructureError,
+    HeadModel,
+    TextClassifier,
+    WarmupLinearDecay,
+    encoder_variables_to_train,
+)
 from penultimate.config import ClassWeights, TrainConfig
+from penultimate.encoders.pair import ENCODER_STAGE, EncoderInfo, EncoderPair
 from penultimate.errors import InputError
 from penultimate.evaluation import classification_metrics, plot_confusion_matrix
 from penultimate.features import (
@@ -28,7 +35,8 @@ from penultimate.features import (
     traced_features,
 )
 
-MODEL_STAGE = Stage("model", "1")
+# 2: classifier.json names its encoder artifact by key.
+MODEL_STAGE = Stage("model", "2")
 FEATURES_STAGE = Stage("features", "1")
 CLASSIFIER_FILE = "classifier.json"
 WEIGHTS = "weights/classifier"
@@ -39,25 +47,6 @@ _SORT_WINDOW_BATCHES = 20
 
 class TrainInputError(InputError):
     """The config does not fit the dataset or the encoder; the message names the field."""
-
-
-@dataclass(frozen=True)
-class EncoderPaths:
-    """Where the preprocessor and encoder SavedModels (or TF-Hub handles) are."""
-
-    preprocessor: str
-    encoder: str
-
-
-@dataclass(frozen=True)
-class EncoderShape:
-    num_layers: int
-    hidden_size: int
-
-    @classmethod
-    def probe(cls, loaded: LoadedEncoder) -> EncoderShape:
-        outputs = loaded.encoder(loaded.tokenize(["probe"]), training=False)
-        return cls(len(outputs["encoder_outputs"]), int(outputs["sequence_output"].shape[-1]))
 
 
 @dataclass(frozen=True)
@@ -76,7 +65,7 @@ def uses_feature_cache(config: TrainConfig) -> bool:
 
 
 def validate_training_inputs(
-    config: TrainConfig, dataset: ArtifactRef, frame: pl.DataFrame, shape: EncoderShape
+    config: TrainConfig, dataset: ArtifactRef, frame: pl.DataFrame, encoder: EncoderInfo
 ) -> LabelSpace:
     """Check the config against the data and the encoder before any compute."""
     if "label" not in frame.columns:
@@ -93,16 +82,22 @@ def validate_training_inputs(
     unseen = set(frame["label"].unique()) - set(classes)
     if unseen:
         raise TrainInputError(f"dataset {dataset.uri}: labels {sorted(unseen)} are not in train")
-    if not -shape.num_layers <= config.layer < shape.num_layers:
+    if not -encoder.num_layers <= config.layer < encoder.num_layers:
         raise TrainInputError(
-            f"layer: {config.layer} does not exist; the encoder has {shape.num_layers} layers"
+            f"layer: {config.layer} does not exist; the encoder has {encoder.num_layers} layers"
         )
-    if config.trained_top_blocks and config.trained_top_blocks > shape.num_layers:
+    if config.trained_top_blocks and config.trained_top_blocks > encoder.num_layers:
         raise TrainInputError(
-            f"freeze: {config.freeze} but the encoder has {shape.num_layers} blocks"
+            f"freeze: {config.freeze} but the encoder has {encoder.num_layers} blocks"
         )
+    try:
+        encoder_variables_to_train(
+            encoder.trainable_variables, encoder.num_layers, config.trained_top_blocks
+        )
+    except EncoderStructureError as error:
+        raise TrainInputError(f"{error}; encoder {encoder.origin}") from None
     for index, spec in enumerate(config.dropout):
-        width = _width_at(spec.at, config, shape)
+        width = _width_at(spec.at, config, encoder)
         if spec.columns and max(spec.columns) >= width:
             raise TrainInputError(
                 f"dropout[{index}].columns: {sorted(c for c in spec.columns if c >= width)} out of "
@@ -111,12 +106,12 @@ def validate_training_inputs(
     return LabelSpace(classes)
 
 
-def _width_at(at: str, config: TrainConfig, shape: EncoderShape) -> int:
+def _width_at(at: str, config: TrainConfig, encoder: EncoderInfo) -> int:
     if at.startswith("hidden:"):
         return config.hidden[int(at.split(":")[1])].units
     if at == "head" and config.hidden:
         return config.hidden[-1].units
-    return shape.hidden_size
+    return encoder.hidden_size
 
 
 def compute_features(
@@ -221,14 +216,10 @@ def token_batches(
 
 
 def build_classifier(
-    paths: EncoderPaths,
-    config: TrainConfig,
-    labels: LabelSpace,
-    shape: EncoderShape,
-    loaded: LoadedEncoder,
+    pair: EncoderPair, config: TrainConfig, labels: LabelSpace, loaded: LoadedEncoder
 ) -> TextClassifier:
     """A classifier with all weights created (by one call on a probe input)."""
-    model = TextClassifier(paths.encoder, config, len(labels.names), shape.num_layers)
+    model = TextClassifier(str(pair.encoder), config, len(labels.names), loaded.info.num_layers)
     model(loaded.tokenize(["probe"]), training=False)
     return model
 
@@ -237,9 +228,8 @@ def train_classifier(
     config: TrainConfig,
     frame: pl.DataFrame,
     labels: LabelSpace,
-    paths: EncoderPaths,
+    pair: EncoderPair,
     loaded: LoadedEncoder,
-    shape: EncoderShape,
     out: Path,
     features: Path | None,
     log: Callable[[str], None],
@@ -248,7 +238,7 @@ def train_classifier(
     tf_keras.utils.set_random_seed(config.seed)
     splits = {s: frame.filter(pl.col("split") == s) for s in FEATURE_SPLITS}
     y = {s: labels.encode(part["label"]) for s, part in splits.items()}
-    model = build_classifier(paths, config, labels, shape, loaded)
+    model = build_classifier(pair, config, labels, loaded)
     steps = -(-len(y["train"]) // config.batch_size) * config.epochs
     callbacks: list[tf_keras.callbacks.Callback] = [
         _EpochLog(log, config.epochs),
@@ -332,15 +322,14 @@ def _plain_history(history: Mapping[str, list[Any]]) -> dict[str, list[float]]:
 
 
 def write_classifier_info(
-    out: Path, config: TrainConfig, labels: LabelSpace, paths: EncoderPaths, shape: EncoderShape
+    out: Path, config: TrainConfig, labels: LabelSpace, encoder: ArtifactRef
 ) -> None:
     info = {
         "train_config": config.model_dump(mode="json"),
         "labels": labels.names,
-        "preprocessor": paths.preprocessor,
-        "encoder": paths.encoder,
-        "num_layers": shape.num_layers,
-        "hidden_size": shape.hidden_size,
+        # By key, not path: the model artifact finds its encoder in its own store, wherever the
+        # store is mounted (and whatever became of a TF-Hub pair's original folder).
+        "encoder_key": encoder.key,
     }
     (out / CLASSIFIER_FILE).write_text(json.dumps(info, indent=2))
 
@@ -353,16 +342,15 @@ class TrainedClassifier:
     loaded: LoadedEncoder
     labels: LabelSpace
     config: TrainConfig
-    paths: EncoderPaths
 
     @classmethod
     def load(cls, model_dir: Path) -> TrainedClassifier:
         info = json.loads((model_dir / CLASSIFIER_FILE).read_text())
         config = TrainConfig.model_validate(info["train_config"])
-        paths = EncoderPaths(info["preprocessor"], info["encoder"])
-        loaded = LoadedEncoder.load(paths.preprocessor, paths.encoder)
+        store_root = model_dir.parent.parent
+        pair = EncoderPair(store_root / ENCODER_STAGE.name / info["encoder_key"])
+        loaded = LoadedEncoder.load(pair)
         labels = LabelSpace(info["labels"])
-        shape = EncoderShape(info["num_layers"], info["hidden_size"])
-        model = build_classifier(paths, config, labels, shape, loaded)
+        model = build_classifier(pair, config, labels, loaded)
         model.load_weights(str(model_dir / WEIGHTS)).expect_partial()
-        return cls(model, loaded, labels, config, paths)
+        return cls(model, loaded, labels, config)

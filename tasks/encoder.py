@@ -1,6 +1,8 @@
-"""Encoder task: build a TF-Hub-format preprocessor/encoder pair from BERT safetensors, cached.
+"""Encoder task: the configured encoder pair as an artifact, cached: converted from BERT
+safetensors (built-in or a folder) or imported from a TF-Hub / Kaggle pair.
 
-The artifact key covers the weights' checksum, so new weights in the same folder rebuild.
+The artifact key covers the weights' content, never a path: new bytes at the same path give a new
+key, the same bytes moved elsewhere the same one.
 """
 
 from __future__ import annotations
@@ -14,35 +16,53 @@ from prefect import get_run_logger
 from penultimate.artifacts import ArtifactRef, ArtifactStore
 from penultimate.config import EncoderConfig
 from penultimate.encoders.bert_convert import (
-    ENCODER_STAGE,
     build_encoder_pair,
     resolve_weights_folder,
     weights_fingerprint,
 )
+from penultimate.encoders.hub_import import hub_pair_fingerprint, import_hub_pair
+from penultimate.encoders.pair import ENCODER_STAGE, EncoderPair
 from tasks.caching import artifact_task
 
 
 def encoder_identity(params: Mapping[str, Any]) -> tuple[dict[str, Any], list[ArtifactRef]]:
     config: EncoderConfig = params["config"]
-    folder = resolve_weights_folder(config.source)
+    if config.is_hub_pair:
+        return {"hub_pair": hub_pair_fingerprint(config), "seq_length": config.seq_length}, []
+    folder = resolve_weights_folder(config.source or "")
     return {"config": config, "weights_sha256": weights_fingerprint(folder)}, []
 
 
 @artifact_task(ENCODER_STAGE, identity=encoder_identity, name="build-encoder")
 def build_encoder(config: EncoderConfig, store_root: str) -> ArtifactRef:
-    """Convert the configured weights into `preprocessor/` and `encoder/` SavedModels."""
-    folder = resolve_weights_folder(config.source)
+    """Convert the configured weights, or import the configured TF-Hub pair, into
+    `preprocessor/` and `encoder/` SavedModels with `encoder.json`."""
     key_config, _ = encoder_identity({"config": config})
-    get_run_logger().info("converting %s (seq_length %d)", folder, config.seq_length)
+    logger = get_run_logger()
 
     def write(out: Path) -> dict[str, Any]:
-        build_encoder_pair(
-            folder,
-            out,
-            seq_length=config.seq_length,
-            hidden_dropout=config.hidden_dropout,
-            attention_dropout=config.attention_dropout,
+        pair = EncoderPair(out)
+        if config.is_hub_pair:
+            logger.info("importing %s + %s", config.hub_preprocessor, config.hub_encoder)
+            info = import_hub_pair(config, pair)
+        else:
+            folder = resolve_weights_folder(config.source or "")
+            logger.info("converting %s (seq_length %d)", folder, config.seq_length)
+            build_encoder_pair(
+                folder,
+                out,
+                seq_length=config.seq_length,
+                hidden_dropout=config.hidden_dropout,
+                attention_dropout=config.attention_dropout,
+            )
+            info = pair.read_info()
+        logger.info(
+            "encoder: %d layers, hidden size %d, seq_length %d, vocabulary %d",
+            info.num_layers,
+            info.hidden_size,
+            info.seq_length,
+            info.vocab_size,
         )
-        return {"weights_folder": str(folder)}
+        return info.summary()
 
     return ArtifactStore(store_root).publish(ENCODER_STAGE, key_config, write)

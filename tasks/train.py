@@ -13,14 +13,12 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from penultimate.artifacts import ArtifactRef, ArtifactStore
 from penultimate.config import TrainConfig
-from penultimate.encoders.bert_convert import EncoderPair
+from penultimate.encoders.pair import EncoderPair
 from penultimate.features import LoadedEncoder
 from penultimate.ingest import read_dataset
 from penultimate.train import (
     FEATURES_STAGE,
     MODEL_STAGE,
-    EncoderPaths,
-    EncoderShape,
     LabelSpace,
     compute_features,
     train_classifier,
@@ -30,52 +28,37 @@ from penultimate.train import (
 from tasks.caching import artifact_task
 
 
-def encoder_paths(config: TrainConfig, encoder: ArtifactRef | None) -> EncoderPaths:
-    if encoder is None:
-        assert config.hub_preprocessor and config.hub_encoder
-        return EncoderPaths(config.hub_preprocessor, config.hub_encoder)
-    pair = EncoderPair(encoder.path)
-    return EncoderPaths(str(pair.preprocessor), str(pair.encoder))
-
-
 # A pure function of its inputs (artifact keys are content hashes), so its answer is cached too.
 @task(name="check-training-inputs", cache_policy=INPUTS + TASK_SOURCE, persist_result=True)
 def check_training_inputs(
-    config: TrainConfig, dataset: ArtifactRef, encoder: ArtifactRef | None
+    config: TrainConfig, dataset: ArtifactRef, encoder: ArtifactRef
 ) -> list[str]:
     """Validate the config against the dataset and the encoder before any compute; the labels."""
-    paths = encoder_paths(config, encoder)
-    shape = EncoderShape.probe(LoadedEncoder.load(paths.preprocessor, paths.encoder))
-    labels = validate_training_inputs(config, dataset, read_dataset(dataset), shape)
-    logger = get_run_logger()
-    logger.info("labels %s; encoder %s", labels.names, shape)
-    if config.hub_encoder:
-        logger.warning(
-            "third-party encoder %s: its baked-in dropout rate applies when fine-tuning; "
-            "encoder.hidden_dropout/attention_dropout are ignored",
-            config.hub_encoder,
-        )
+    info = EncoderPair(encoder.path).read_info()
+    labels = validate_training_inputs(config, dataset, read_dataset(dataset), info)
+    get_run_logger().info(
+        "labels %s; encoder: %d layers, hidden size %d",
+        labels.names,
+        info.num_layers,
+        info.hidden_size,
+    )
     return labels.names
 
 
 def features_identity(params: dict[str, Any]) -> tuple[dict[str, Any], list[ArtifactRef]]:
     config: TrainConfig = params["config"]
-    inputs = [r for r in (params["dataset"], params["encoder"]) if r is not None]
-    key = {
-        "layer": config.layer,
-        "pooling": str(config.pooling),
-        "hub": [config.hub_preprocessor, config.hub_encoder],
-    }
-    return key, inputs
+    return {"layer": config.layer, "pooling": str(config.pooling)}, [
+        params["dataset"],
+        params["encoder"],
+    ]
 
 
 @artifact_task(FEATURES_STAGE, identity=features_identity, name="encode-features")
 def encode_features(
-    config: TrainConfig, dataset: ArtifactRef, encoder: ArtifactRef | None, store_root: str
+    config: TrainConfig, dataset: ArtifactRef, encoder: ArtifactRef, store_root: str
 ) -> ArtifactRef:
     """Pooled encoder features of every split, computed once per dataset, encoder and pooling."""
-    paths = encoder_paths(config, encoder)
-    loaded = LoadedEncoder.load(paths.preprocessor, paths.encoder)
+    loaded = LoadedEncoder.load(EncoderPair(encoder.path))
     frame = read_dataset(dataset)
     get_run_logger().info("encoding %d texts once for head-only training", frame.height)
     key, inputs = features_identity({"config": config, "dataset": dataset, "encoder": encoder})
@@ -84,20 +67,28 @@ def encode_features(
     )
 
 
-@artifact_task(MODEL_STAGE, name="train-classifier")
+def model_identity(params: dict[str, Any]) -> tuple[dict[str, Any], list[ArtifactRef]]:
+    config: TrainConfig = params["config"]
+    # The encoder section only says where the encoder came from (a path, a handle); the encoder
+    # artifact's key, an input, says what it is.
+    key = config.model_dump(mode="json", exclude={"encoder"})
+    inputs = [r for r in (params["dataset"], params["encoder"], params["features"]) if r]
+    return key, inputs
+
+
+@artifact_task(MODEL_STAGE, identity=model_identity, name="train-classifier")
 def train_model(
     config: TrainConfig,
     dataset: ArtifactRef,
-    encoder: ArtifactRef | None,
+    encoder: ArtifactRef,
     features: ArtifactRef | None,
     labels: list[str],
     store_root: str,
 ) -> ArtifactRef:
     """Train and evaluate; the model artifact holds weights, history, metrics and plots."""
     logger = get_run_logger()
-    paths = encoder_paths(config, encoder)
-    loaded = LoadedEncoder.load(paths.preprocessor, paths.encoder)
-    shape = EncoderShape.probe(loaded)
+    pair = EncoderPair(encoder.path)
+    loaded = LoadedEncoder.load(pair)
     frame = read_dataset(dataset)
     label_space = LabelSpace(labels)
 
@@ -106,18 +97,19 @@ def train_model(
             config,
             frame,
             label_space,
-            paths,
+            pair,
             loaded,
-            shape,
             out,
             features.path if features else None,
             logger.info,
         )
-        write_classifier_info(out, config, label_space, paths, shape)
+        write_classifier_info(out, config, label_space, encoder)
         return metrics
 
-    inputs = [r for r in (dataset, encoder, features) if r is not None]
-    ref = ArtifactStore(store_root).publish(MODEL_STAGE, config, write, inputs)
+    key, inputs = model_identity(
+        {"config": config, "dataset": dataset, "encoder": encoder, "features": features}
+    )
+    ref = ArtifactStore(store_root).publish(MODEL_STAGE, key, write, inputs)
     _publish_metrics(ref, ArtifactStore(store_root).read_manifest(ref).metrics)  # type: ignore[union-attr]
     return ref
 

@@ -23,6 +23,9 @@ import penultimate  # noqa: F401  (selects tf-keras before anything imports Tens
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CORPUS = REPO.parent / "shared" / "data" / "spamassassin.parquet"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+# A genuine TF-Hub-format BERT pair, made by TensorFlow Model Garden's exporter
+# (tests/fixtures/make_hub_pair.py): 2 blocks, hidden size 64, a 3,000-token vocabulary.
+HUB_PAIR = FIXTURES / "hub_pair"
 
 
 @pytest.fixture(scope="session")
@@ -92,9 +95,29 @@ def minilm_pair(prefect_api: str, encoder_store: str) -> Path:
     return build_encoder_flow(store_root=encoder_store).path
 
 
-def task_run_states(flow_state: object) -> dict[str, str]:
-    """Task name -> state name of the task runs of a finished flow run (read from the API)."""
-    return {name: state for (name, state) in task_state_counts(flow_state)}
+@pytest.fixture(scope="session")
+def hub_pair(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Model Garden pair of tests/fixtures/hub_pair imported as an encoder artifact folder
+    (by the library function, without Prefect), seq_length 64."""
+    from penultimate.config import EncoderConfig
+    from penultimate.encoders.hub_import import import_hub_pair
+    from penultimate.encoders.pair import EncoderPair
+
+    folder = tmp_path_factory.mktemp("hub-pair") / "imported"
+    folder.mkdir()
+    config = EncoderConfig(
+        hub_preprocessor=str(HUB_PAIR / "preprocessor"),
+        hub_encoder=str(HUB_PAIR / "encoder"),
+        seq_length=64,
+    )
+    import_hub_pair(config, EncoderPair(folder))
+    return folder
+
+
+def task_run_states(flow_state: object, subflows: bool = False) -> dict[str, str]:
+    """Task name -> state name of the task runs of a finished flow run (and, with `subflows`, of
+    every flow run below it), read from the API."""
+    return {name: state for (name, state) in task_state_counts(flow_state, subflows)}
 
 
 def prefect_artifact_keys(api_url: str) -> set[str]:

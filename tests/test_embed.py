@@ -20,7 +20,7 @@ from penultimate.embed import (
     extract_shard_embeddings,
     read_embeddings,
 )
-from penultimate.encoders.bert_convert import EncoderPair
+from penultimate.encoders.pair import EncoderPair
 from penultimate.features import LoadedEncoder, encoder_choice_names
 
 REFERENCE = json.loads((FIXTURES / "minilm_reference.json").read_text())
@@ -30,7 +30,7 @@ ARRAYS = np.load(FIXTURES / "minilm_reference.npz")
 @pytest.fixture(scope="module")
 def loaded(minilm_pair: Path) -> LoadedEncoder:
     pair = EncoderPair(minilm_pair)
-    return LoadedEncoder.load(pair.preprocessor, pair.encoder)
+    return LoadedEncoder.load(pair)
 
 
 def test_default_choice_reproduces_sentence_transformers(loaded: LoadedEncoder) -> None:

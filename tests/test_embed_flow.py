@@ -15,12 +15,11 @@ from conftest import (
     task_run_states,
     task_state_counts,
 )
-from flows.embed import embed, embed_shards
+from flows.embed import embed
 from flows.ingest import ingest
 from penultimate.artifacts import ArtifactRef, ArtifactStore
 from penultimate.config import EmbedConfig, IngestConfig
 from penultimate.embed import embedding_shard_files, read_embeddings
-from tasks.dask_cluster import dask_task_runner
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -48,9 +47,7 @@ def embedded(ref: ArtifactRef, store: str) -> tuple[pl.DataFrame, np.ndarray]:
 def local_run(sentences: ArtifactRef, encoder_store: str, prefect_api: str) -> object:
     """The default config's run on the default runner: a local Dask cluster of 2 processes."""
     config = EmbedConfig()
-    state = embed_shards.with_options(task_runner=dask_task_runner(config.runner))(
-        config=config, dataset=sentences, store_root=encoder_store, return_state=True
-    )
+    state = embed(config=config, dataset=sentences, store_root=encoder_store, return_state=True)
     assert state.is_completed(), state.message
     return state
 
@@ -75,11 +72,9 @@ def test_local_cluster_reproduces_sentence_transformers_in_order(
 
     # The runner is not part of the cache key: the same work on another cluster is Cached.
     elsewhere = EmbedConfig.model_validate({"runner": {"dask_address": dask_cluster}})
-    again = embed_shards.with_options(task_runner=dask_task_runner(elsewhere.runner))(
-        config=elsewhere, dataset=sentences, store_root=encoder_store, return_state=True
-    )
+    again = embed(config=elsewhere, dataset=sentences, store_root=encoder_store, return_state=True)
     assert again.result() == ref
-    states = task_run_states(again)
+    states = task_run_states(again, subflows=True)
     assert states["embed-shard"] == "Cached" and states["collect-embeddings"] == "Cached"
 
 
@@ -114,17 +109,13 @@ def test_a_corrupt_shard_fails_alone_and_a_rerun_after_the_fix_does_only_it(
     original = shard.read_bytes()
     try:
         shard.write_bytes(b"PAR1 broken")
-        state = embed_shards.with_options(task_runner=dask_task_runner(config.runner))(
-            config=config, dataset=sentences, store_root=store, return_state=True
-        )
+        state = embed(config=config, dataset=sentences, store_root=store, return_state=True)
         assert state.is_failed()
         assert "1 of 4 shards failed" in state.message and "part-00001.parquet" in state.message
-        assert task_state_counts(state)[("embed-shard", "Completed")] == 3
+        assert task_state_counts(state, subflows=True)[("embed-shard", "Completed")] == 3
     finally:
         shard.write_bytes(original)
-    fixed = embed_shards.with_options(task_runner=dask_task_runner(config.runner))(
-        config=config, dataset=sentences, store_root=store, return_state=True
-    )
+    fixed = embed(config=config, dataset=sentences, store_root=store, return_state=True)
     assert fixed.is_completed()
-    counts = task_state_counts(fixed)
+    counts = task_state_counts(fixed, subflows=True)
     assert counts[("embed-shard", "Cached")] == 3 and counts[("embed-shard", "Completed")] == 1

@@ -17,13 +17,12 @@ import pytest
 import yaml
 
 from conftest import REPO, dask_cluster_processes, task_state_counts
-from flows.embed import embed, embed_shards
+from flows.embed import embed
 from flows.ingest import ingest
 from penultimate.artifacts import ArtifactRef, ArtifactStore
 from penultimate.config import EmbedConfig, IngestConfig
 from penultimate.email_text import email_to_text
 from penultimate.embed import EMBEDDING_SHARD_STAGE, embedding_shard_files, read_embeddings
-from tasks.dask_cluster import dask_task_runner
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -64,9 +63,7 @@ def embedded_rows(ref: ArtifactRef, store: str) -> pl.DataFrame:
 
 
 def run_shards(config: EmbedConfig, dataset: ArtifactRef, store: str) -> object:
-    state = embed_shards.with_options(task_runner=dask_task_runner(config.runner))(
-        config=config, dataset=dataset, store_root=store, return_state=True
-    )
+    state = embed(config=config, dataset=dataset, store_root=store, return_state=True)
     assert state.is_completed(), state.message
     return state
 
@@ -78,7 +75,7 @@ def test_rerun_computes_and_loads_nothing_new_config_recomputes_changed_shard_on
     # The session's shared cluster; this test's store is new, so its workers load the model anew.
     config = EmbedConfig.model_validate({"runner": {"dask_address": dask_cluster}})
     first = run_shards(config, dataset, store)
-    assert task_state_counts(first)[("embed-shard", "Completed")] == 6
+    assert task_state_counts(first, subflows=True)[("embed-shard", "Completed")] == 6
     metrics = [
         ArtifactStore(store).read_manifest(ref).metrics  # type: ignore[union-attr]
         for ref in ArtifactStore(store).artifacts(EMBEDDING_SHARD_STAGE)
@@ -88,9 +85,10 @@ def test_rerun_computes_and_loads_nothing_new_config_recomputes_changed_shard_on
     assert len(loads) == len(set(loads)) == len({m["worker_pid"] for m in metrics}) <= 2
 
     before = shard_manifests(store)
-    again = task_state_counts(run_shards(config, dataset, store))
+    again = task_state_counts(run_shards(config, dataset, store), subflows=True)
     assert again == {
         ("build-encoder", "Cached"): 1,
+        ("embed-shards", "Completed"): 1,  # the subflow itself; every task in it is Cached
         ("embed-shard", "Cached"): 6,
         ("collect-embeddings", "Cached"): 1,
     }
@@ -98,7 +96,7 @@ def test_rerun_computes_and_loads_nothing_new_config_recomputes_changed_shard_on
 
     cls = config.model_copy(update={"embedding": config.embedding.model_copy(
         update={"pooling": "cls"})})  # fmt: skip
-    counts = task_state_counts(run_shards(cls, dataset, store))
+    counts = task_state_counts(run_shards(cls, dataset, store), subflows=True)
     assert counts[("embed-shard", "Completed")] == 6 and ("embed-shard", "Cached") not in counts
 
     # One mail edited: re-ingesting changes exactly one dataset shard; only it is embedded.
@@ -111,7 +109,7 @@ def test_rerun_computes_and_loads_nothing_new_config_recomputes_changed_shard_on
         .alias("text")
     ).write_parquet(edited)
     changed = ingest_slice(edited, store)
-    counts = task_state_counts(run_shards(config, changed, store))
+    counts = task_state_counts(run_shards(config, changed, store), subflows=True)
     assert counts[("embed-shard", "Cached")] == 5
     assert counts[("embed-shard", "Completed")] == 1
 

@@ -27,6 +27,7 @@ from penultimate.encoders.preprocessor import (
     normalize_like_bert_reference,
     save_preprocessor,
 )
+from penultimate.features import pack_to_longest
 
 REFERENCE = json.loads((FIXTURES / "minilm_reference.json").read_text())
 SEQ_LENGTH = REFERENCE["max_seq_length"]
@@ -272,7 +273,8 @@ def test_fixed_length_outputs_truncate_and_pad(preprocessor: Any) -> None:
 
 
 def test_dynamic_padding_pads_to_the_longest_row(preprocessor: Any) -> None:
-    short = preprocessor.tokenize_for_dynamic_padding(tf.constant(["a", "hello big world", ""]))
+    # Built on the standard interface only (tokenize + bert_pack_inputs), like for any TF-Hub pair.
+    short = pack_to_longest(preprocessor, tf.constant(["a", "hello big world", ""]), SEQ_LENGTH)
     assert short["input_word_ids"].shape == (3, 5)
     np.testing.assert_array_equal(
         short["input_word_ids"].numpy(),
@@ -280,7 +282,7 @@ def test_dynamic_padding_pads_to_the_longest_row(preprocessor: Any) -> None:
     )
     np.testing.assert_array_equal(short["input_mask"].numpy().sum(axis=1), [3, 5, 2])
     texts = tf.constant(["word " * 300, "hello"])
-    capped = preprocessor.tokenize_for_dynamic_padding(texts)
+    capped = pack_to_longest(preprocessor, texts, SEQ_LENGTH)
     fixed = preprocessor(texts)
     for name, tensor in capped.items():
         assert tensor.dtype == tf.int32
@@ -305,6 +307,25 @@ def test_pairs_truncate_like_reference(
     assert packed["input_word_ids"].numpy().tolist() == [ids + padding]
     assert packed["input_type_ids"].numpy().tolist() == [type_ids + padding]
     assert packed["input_mask"].numpy().tolist() == [[1] * len(ids) + padding]
+
+
+def test_standard_interface_special_tokens_and_ragged_rank_1(preprocessor: Any) -> None:
+    special = {k: int(v) for k, v in preprocessor.tokenize.get_special_tokens_dict().items()}
+    assert special == {
+        "vocab_size": 30522,
+        "start_of_sequence_id": CLS,
+        "end_of_segment_id": SEP,
+        "padding_id": 0,
+        "mask_id": 103,
+    }
+    texts = tf.constant(["Hello world!", "a"])
+    words = preprocessor.tokenize(texts)
+    # Segments of ragged rank 1 (what wordpiece-free tokenizers give) pack the same.
+    flat = preprocessor.bert_pack_inputs([words.merge_dims(1, -1)], seq_length=tf.constant(8))
+    nested = preprocessor.bert_pack_inputs([words], seq_length=tf.constant(8))
+    for name, tensor in nested.items():
+        assert tensor.shape == (2, 8)
+        np.testing.assert_array_equal(flat[name].numpy(), tensor.numpy())
 
 
 def test_single_segment_packing_equals_call(preprocessor: Any) -> None:

