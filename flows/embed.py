@@ -21,6 +21,15 @@ class ShardsFailed(RuntimeError):
     """Some shards could not be embedded; the others are cached and a rerun does only these."""
 
 
+def shard_entries(store: ArtifactStore, dataset: ArtifactRef) -> list[tuple[str, str]]:
+    """(shard path, sha256) of every dataset shard, from the manifest alone: a damaged shard fails
+    its own task, naming the file, while the other shards complete."""
+    manifest = store.read_manifest(dataset)
+    if manifest is None:
+        raise ShardsFailed(f"dataset {dataset.uri} is not a complete artifact")
+    return [(str(path), sha) for path, sha in dataset_shard_entries(dataset, manifest.files)]
+
+
 @flow(name="embed-shards", log_prints=True)
 def embed_shards(
     config: EmbedConfig, dataset: ArtifactRef, model: ArtifactRef, store_root: str | None = None
@@ -29,16 +38,11 @@ def embed_shards(
     publish the embeddings artifact."""
     store = ArtifactStore(store_root)
     root = str(store.root)
-    # Only the manifest is checked here: a damaged shard fails its own task, naming the file,
-    # while the other shards complete.
-    manifest = store.read_manifest(dataset)
-    if manifest is None:
-        raise ShardsFailed(f"dataset {dataset.uri} is not a complete artifact")
     futures = {
-        str(path): embed_shard.submit(
-            config=config, model=model, shard=str(path), shard_sha256=sha, store_root=root
+        shard: embed_shard.submit(
+            config=config, model=model, shard=shard, shard_sha256=sha, store_root=root
         )
-        for path, sha in dataset_shard_entries(dataset, manifest.files)
+        for shard, sha in shard_entries(store, dataset)
     }
     progress = create_progress_artifact(
         progress=0.0, key="embed-progress", description="Shards embedded (%)"
@@ -65,7 +69,8 @@ def embed_shards(
 @flow(name="embed", log_prints=True)
 def embed(config: EmbedConfig, dataset: ArtifactRef, store_root: str | None = None) -> ArtifactRef:
     """Embed a dataset on the Dask cluster `config.runner` names (a subflow on that runner),
-    after checking the embedding choice against the model, before any cluster starts."""
+    after checking the embedding choice against the model; no cluster starts when every shard's
+    artifact is already complete."""
     store = ArtifactStore(store_root)
     model = (
         open_artifact(config.export, "export")
@@ -73,6 +78,17 @@ def embed(config: EmbedConfig, dataset: ArtifactRef, store_root: str | None = No
         else build_encoder(config=config.encoder, store_root=str(store.root))
     )
     check_layers(config.embedding, model_layers(store.read_manifest(model)))
+    done = [
+        embed_shard.complete_artifact(
+            config=config, model=model, shard=shard, shard_sha256=sha, store_root=str(store.root)
+        )
+        for shard, sha in shard_entries(store, dataset)
+    ]
+    if all(done):
+        # Every shard is embedded already: collect them without starting a cluster.
+        return collect_embeddings(
+            config=config, dataset=dataset, model=model, shards=done, store_root=str(store.root)
+        )
     runner = dask_task_runner(config.runner)
     return embed_shards.with_options(task_runner=runner)(
         config=config, dataset=dataset, model=model, store_root=str(store.root)

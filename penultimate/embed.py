@@ -29,6 +29,7 @@ from penultimate.features import (
     encoder_choice_names,
     encoder_choices,
     length_sorted_batches,
+    load_encoder,
     pool_tokens,
     traced_features,
 )
@@ -96,7 +97,7 @@ class EncoderEmbedder:
         batch_size: texts per encoder call (batches are length-sorted and padded per batch).
 
     Example:
-        >>> embedder = EncoderEmbedder(LoadedEncoder.load(EncoderPair(uri)), EmbeddingChoice())
+        >>> embedder = EncoderEmbedder(load_encoder(EncoderPair(uri)), EmbeddingChoice())
         >>> embedder.embed(["a text", "another"]).shape  # (2, 384)
     """
 
@@ -322,7 +323,7 @@ def load_embedder(
     choice = EmbeddingChoice.model_validate_json(choice_json)
     if model_stage == "export":
         return ExportedEmbedder(Path(model_uri) / "saved_model", choice, batch_size)
-    return EncoderEmbedder(LoadedEncoder.load(EncoderPair(Path(model_uri))), choice, batch_size)
+    return EncoderEmbedder(load_encoder(EncoderPair(Path(model_uri))), choice, batch_size)
 
 
 def embedding_shard_files(shard_uris: Sequence[str]) -> list[Path]:

@@ -4,6 +4,7 @@ texts fast (sorted by length, each batch padded only to its own longest text).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -117,6 +118,13 @@ class LoadedEncoder:
     def tokenize(self, texts: Sequence[str]) -> dict[str, tf.Tensor]:
         """Encoder inputs padded to the batch's longest text (see `pack_to_longest`)."""
         return self._pack(tf.constant(list(texts), tf.string))
+
+
+@functools.lru_cache(maxsize=4)
+def load_encoder(pair: EncoderPair) -> LoadedEncoder:
+    """The encoder artifact's pair, loaded once per process (its key fixes its content) and shared
+    by every task of the process that uses it."""
+    return LoadedEncoder.load(pair)
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:

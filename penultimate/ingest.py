@@ -226,13 +226,18 @@ def write_dataset(
         **counts,
     }
     if "label" in frame.columns:
-        metrics["label_counts_per_split"] = {
-            split: dict(
-                sorted(frame.filter(pl.col("split") == split)["label"].value_counts().iter_rows())
-            )
-            for split in SPLITS
-        }
+        metrics["label_counts_per_split"] = label_counts_per_split(frame)
     return metrics
+
+
+def label_counts_per_split(frame: pl.DataFrame) -> dict[str, dict[str, int]]:
+    """split -> label -> rows, for every split (a split without rows maps to {})."""
+    return {
+        split: dict(
+            sorted(frame.filter(pl.col("split") == split)["label"].value_counts().iter_rows())
+        )
+        for split in SPLITS
+    }
 
 
 def _split_counts(frame: pl.DataFrame) -> dict[str, int]:

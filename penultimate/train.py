@@ -31,6 +31,7 @@ from penultimate.features import (
     LoadedEncoder,
     encode_texts,
     length_sorted_batches,
+    load_encoder,
     pool_encoder_outputs,
     traced_features,
 )
@@ -65,21 +66,24 @@ def uses_feature_cache(config: TrainConfig) -> bool:
 
 
 def validate_training_inputs(
-    config: TrainConfig, dataset: ArtifactRef, frame: pl.DataFrame, encoder: EncoderInfo
+    config: TrainConfig,
+    dataset: ArtifactRef,
+    label_counts: Mapping[str, Mapping[str, int]] | None,
+    encoder: EncoderInfo,
 ) -> LabelSpace:
-    """Check the config against the data and the encoder before any compute."""
-    if "label" not in frame.columns:
+    """Check the config against the data (its manifest's `label_counts_per_split`, None for an
+    unlabelled dataset) and the encoder before any compute."""
+    if label_counts is None:
         raise TrainInputError(f"dataset {dataset.uri} has no label column; training needs labels")
-    counts = dict(frame.group_by("split").len().iter_rows())
     for split in ("train", "val"):
-        if not counts.get(split):
+        if not sum(label_counts.get(split, {}).values()):
             raise TrainInputError(f"dataset {dataset.uri} has no rows in the {split!r} split")
-    classes = sorted(frame.filter(pl.col("split") == "train")["label"].unique().to_list())
+    classes = sorted(label_counts["train"])
     if len(classes) < 2:
         raise TrainInputError(
             f"dataset {dataset.uri}: the train split has a single class {classes}; need >= 2"
         )
-    unseen = set(frame["label"].unique()) - set(classes)
+    unseen = {label for counts in label_counts.values() for label in counts} - set(classes)
     if unseen:
         raise TrainInputError(f"dataset {dataset.uri}: labels {sorted(unseen)} are not in train")
     if not -encoder.num_layers <= config.layer < encoder.num_layers:
@@ -349,7 +353,7 @@ class TrainedClassifier:
         config = TrainConfig.model_validate(info["train_config"])
         store_root = model_dir.parent.parent
         pair = EncoderPair(store_root / ENCODER_STAGE.name / info["encoder_key"])
-        loaded = LoadedEncoder.load(pair)
+        loaded = load_encoder(pair)
         labels = LabelSpace(info["labels"])
         model = build_classifier(pair, config, labels, loaded)
         model.load_weights(str(model_dir / WEIGHTS)).expect_partial()

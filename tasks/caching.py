@@ -65,6 +65,11 @@ class ArtifactTask:
         config, inputs = self.identity(params)
         return ArtifactStore(params["store_root"]).ref_for(self.stage, config, inputs)
 
+    def complete_artifact(self, **params: Any) -> ArtifactRef | None:
+        """The artifact these parameters name, if it is already complete and undamaged."""
+        ref = self.expected_ref(params)
+        return ref if ArtifactStore(params["store_root"]).validate(ref) is not None else None
+
     def _cache_key(self, _: TaskRunContext, params: dict[str, Any]) -> str:
         # The same content key in two stores is two artifacts; Prefect's records must not mix them.
         root = hashlib.sha256(str(ArtifactStore(params["store_root"]).root).encode()).hexdigest()

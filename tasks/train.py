@@ -14,12 +14,13 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 from penultimate.artifacts import ArtifactRef, ArtifactStore
 from penultimate.config import TrainConfig
 from penultimate.encoders.pair import EncoderPair
-from penultimate.features import LoadedEncoder
+from penultimate.features import load_encoder
 from penultimate.ingest import read_dataset
 from penultimate.train import (
     FEATURES_STAGE,
     MODEL_STAGE,
     LabelSpace,
+    TrainInputError,
     compute_features,
     train_classifier,
     validate_training_inputs,
@@ -35,7 +36,11 @@ def check_training_inputs(
 ) -> list[str]:
     """Validate the config against the dataset and the encoder before any compute; the labels."""
     info = EncoderPair(encoder.path).read_info()
-    labels = validate_training_inputs(config, dataset, read_dataset(dataset), info)
+    manifest = ArtifactStore(dataset.path.parent.parent).read_manifest(dataset)
+    if manifest is None:
+        raise TrainInputError(f"dataset {dataset.uri} is not a complete artifact")
+    label_counts = manifest.metrics.get("label_counts_per_split")
+    labels = validate_training_inputs(config, dataset, label_counts, info)
     get_run_logger().info(
         "labels %s; encoder: %d layers, hidden size %d",
         labels.names,
@@ -58,7 +63,7 @@ def encode_features(
     config: TrainConfig, dataset: ArtifactRef, encoder: ArtifactRef, store_root: str
 ) -> ArtifactRef:
     """Pooled encoder features of every split, computed once per dataset, encoder and pooling."""
-    loaded = LoadedEncoder.load(EncoderPair(encoder.path))
+    loaded = load_encoder(EncoderPair(encoder.path))
     frame = read_dataset(dataset)
     get_run_logger().info("encoding %d texts once for head-only training", frame.height)
     key, inputs = features_identity({"config": config, "dataset": dataset, "encoder": encoder})
@@ -88,7 +93,7 @@ def train_model(
     """Train and evaluate; the model artifact holds weights, history, metrics and plots."""
     logger = get_run_logger()
     pair = EncoderPair(encoder.path)
-    loaded = LoadedEncoder.load(pair)
+    loaded = load_encoder(pair)
     frame = read_dataset(dataset)
     label_space = LabelSpace(labels)
 

@@ -18,6 +18,7 @@ from penultimate.classifier import TextClassifier
 from penultimate.config import TrainConfig
 from penultimate.encoders.pair import EncoderInfo, EncoderPair
 from penultimate.features import LoadedEncoder
+from penultimate.ingest import label_counts_per_split
 from penultimate.train import TrainInputError, validate_training_inputs
 
 SHAPE = EncoderInfo(num_layers=6, hidden_size=384, seq_length=128, vocab_size=30522)
@@ -59,27 +60,32 @@ def frame(labels: list[str], splits: list[str]) -> pl.DataFrame:
     )
 
 
+def counts(labelled: pl.DataFrame) -> dict[str, dict[str, int]] | None:
+    """What the dataset manifest says of `labelled` (None without a label column)."""
+    return label_counts_per_split(labelled) if "label" in labelled.columns else None
+
+
 def test_inputs_checked_against_data_and_encoder() -> None:
     good = frame(["a", "b", "a", "b"], ["train", "train", "val", "test"])
-    assert validate_training_inputs(TrainConfig(), DATASET, good, SHAPE).names == ["a", "b"]
+    assert validate_training_inputs(TrainConfig(), DATASET, counts(good), SHAPE).names == ["a", "b"]
     single = frame(["a", "a", "a"], ["train", "train", "val"])
     with pytest.raises(TrainInputError, match="single class"):
-        validate_training_inputs(TrainConfig(), DATASET, single, SHAPE)
+        validate_training_inputs(TrainConfig(), DATASET, counts(single), SHAPE)
     no_val = frame(["a", "b"], ["train", "train"])
     with pytest.raises(TrainInputError, match="no rows in the 'val' split"):
-        validate_training_inputs(TrainConfig(), DATASET, no_val, SHAPE)
+        validate_training_inputs(TrainConfig(), DATASET, counts(no_val), SHAPE)
     with pytest.raises(TrainInputError, match="layer: 6 does not exist"):
-        validate_training_inputs(TrainConfig(layer=6), DATASET, good, SHAPE)
+        validate_training_inputs(TrainConfig(layer=6), DATASET, counts(good), SHAPE)
     wide = TrainConfig.model_validate({"dropout": [{"at": "pooled", "columns": [3, 384, 500]}]})
     with pytest.raises(TrainInputError, match=r"dropout\[0\]\.columns: \[384, 500\]"):
-        validate_training_inputs(wide, DATASET, good, SHAPE)
+        validate_training_inputs(wide, DATASET, counts(good), SHAPE)
     hidden = TrainConfig.model_validate(
         {"hidden": [{"units": 16}], "dropout": [{"at": "head", "columns": [16]}]}
     )
     with pytest.raises(TrainInputError, match="16 features at head"):
-        validate_training_inputs(hidden, DATASET, good, SHAPE)
+        validate_training_inputs(hidden, DATASET, counts(good), SHAPE)
     with pytest.raises(TrainInputError, match="no label column"):
-        validate_training_inputs(TrainConfig(), DATASET, good.drop("label"), SHAPE)
+        validate_training_inputs(TrainConfig(), DATASET, counts(good.drop("label")), SHAPE)
 
 
 def fit_one_epoch(pair: EncoderPair, freeze: str) -> tuple[dict[str, np.ndarray], TextClassifier]:
@@ -132,7 +138,7 @@ def test_freeze_top_n_on_a_model_garden_encoder(hub_pair: Path) -> None:
         validate_training_inputs(
             TrainConfig(freeze="top:1", layer=0),
             DATASET,
-            frame(["a", "b", "a", "b"], ["train", "train", "val", "test"]),
+            counts(frame(["a", "b", "a", "b"], ["train", "train", "val", "test"])),
             dataclasses.replace(EncoderPair(hub_pair).read_info(), num_layers=3),
         )
 
