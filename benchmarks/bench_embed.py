@@ -26,7 +26,6 @@ from benchmarks.results import write_section
 from penultimate.artifacts import ArtifactRef, ArtifactStore, open_artifact
 from penultimate.config import DaskRunnerConfig, EmbedConfig, EmbeddingChoice, IngestConfig
 from penultimate.embed import (
-    EMBEDDING_SHARD_STAGE,
     EncoderEmbedder,
     count_truncated,
     embedding_shard_files,
@@ -35,11 +34,12 @@ from penultimate.embed import (
     peak_memory_mb,
     read_embeddings,
 )
-from penultimate.encoders.bert_convert import resolve_weights_folder
 from penultimate.encoders.pair import EncoderPair
+from penultimate.encoders.sources import resolve_weights_folder
 from penultimate.features import LoadedEncoder, length_sorted_batches
 from penultimate.ingest import dataset_shards, read_dataset
 from penultimate.prefect_server import start_local_server, stop_local_server
+from penultimate.stages import EMBEDDING_SHARD_STAGE
 
 ST_SCRIPT = Path(__file__).with_name("st_reference.py")
 THREADS = 2  # the cores of the machine this benchmark is written for

@@ -18,18 +18,14 @@ import penultimate  # noqa: F401  (selects tf-keras before TensorFlow loads)
 from benchmarks.results import write_section
 from penultimate.artifacts import ArtifactStore
 from penultimate.config import IngestConfig, TrainConfig
-from penultimate.encoders.bert_convert import build_encoder_pair, resolve_weights_folder
+from penultimate.encoders.bert_convert import build_encoder_pair
+from penultimate.encoders.sources import resolve_weights_folder
 from penultimate.features import LoadedEncoder
-from penultimate.ingest import (
-    DATASET_STAGE,
-    label_counts_per_split,
-    prepare_dataset,
-    write_dataset,
-)
+from penultimate.ingest import label_counts_per_split, prepare_dataset, write_dataset
+from penultimate.stages import DATASET_STAGE
 from penultimate.train import (
     compute_features,
     train_classifier,
-    uses_feature_cache,
     validate_training_inputs,
 )
 
@@ -93,7 +89,7 @@ def main() -> None:
         )
         out = Path(tempfile.mkdtemp(dir=work))
         began = time.perf_counter()
-        features = features_dir if uses_feature_cache(config) else None
+        features = features_dir if config.uses_feature_cache else None
         metrics = train_classifier(config, frame, labels, pair, loaded, out, features, print)
         seconds = time.perf_counter() - began
         test = metrics["test"]

@@ -10,9 +10,8 @@ from prefect.futures import as_completed
 
 from penultimate.artifacts import ArtifactRef, ArtifactStore, open_artifact
 from penultimate.config import EmbedConfig
-from penultimate.embed import check_layers, model_layers
+from penultimate.encoders.pair import encoder_layers
 from penultimate.ingest import dataset_shard_entries
-from tasks.dask_cluster import dask_task_runner
 from tasks.embed import collect_embeddings, embed_shard
 from tasks.encoder import build_encoder
 
@@ -77,7 +76,7 @@ def embed(config: EmbedConfig, dataset: ArtifactRef, store_root: str | None = No
         if config.export
         else build_encoder(config=config.encoder, store_root=str(store.root))
     )
-    check_layers(config.embedding, model_layers(store.read_manifest(model)))
+    config.embedding.check_layers(encoder_layers(store.read_manifest(model)))
     done = [
         embed_shard.complete_artifact(
             config=config, model=model, shard=shard, shard_sha256=sha, store_root=str(store.root)
@@ -89,6 +88,9 @@ def embed(config: EmbedConfig, dataset: ArtifactRef, store_root: str | None = No
         return collect_embeddings(
             config=config, dataset=dataset, model=model, shards=done, store_root=str(store.root)
         )
+    # Dask is imported only when a cluster is needed (about a second of a cached rerun).
+    from tasks.dask_cluster import dask_task_runner
+
     runner = dask_task_runner(config.runner)
     return embed_shards.with_options(task_runner=runner)(
         config=config, dataset=dataset, model=model, store_root=str(store.root)

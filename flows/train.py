@@ -9,7 +9,6 @@ from prefect import flow
 
 from penultimate.artifacts import ArtifactRef, ArtifactStore
 from penultimate.config import TrainConfig
-from penultimate.train import uses_feature_cache
 from tasks.encoder import build_encoder
 from tasks.train import check_training_inputs, encode_features, train_model
 
@@ -23,7 +22,7 @@ def train(config: TrainConfig, dataset: ArtifactRef, store_root: str | None = No
     labels = check_training_inputs(config=config, dataset=dataset, encoder=encoder)
     features = (
         encode_features(config=config, dataset=dataset, encoder=encoder, store_root=root)
-        if uses_feature_cache(config)
+        if config.uses_feature_cache
         else None
     )
     return train_model(

@@ -25,12 +25,11 @@ from sklearn.metrics import (
 )
 from sklearn.neighbors import NearestNeighbors
 
-from penultimate.artifacts import ArtifactRef, ArtifactStore, Stage
+from penultimate.artifacts import ArtifactRef, ArtifactStore
 from penultimate.config import ClusterAlgorithm, ClusterConfig, Projection
 from penultimate.embed import SHARD_FILE, read_embeddings
 from penultimate.errors import InputError
 
-CLUSTERS_STAGE = Stage("clusters", "1")
 NOISE = -1  # hdbscan's label for points in no cluster
 # Exact agglomerative and hdbscan need memory quadratic in the points they fit on.
 QUADRATIC_FIT_CAP = 10_000

@@ -318,6 +318,12 @@ class TrainConfig(_Config):
         return self
 
     @property
+    def uses_feature_cache(self) -> bool:
+        """With the encoder frozen and no dropout before pooling, its output never changes: the
+        pooled features are computed once and the head trains on them."""
+        return self.trained_top_blocks == 0 and not any(d.at == "sequence" for d in self.dropout)
+
+    @property
     def trained_top_blocks(self) -> int | None:
         """How many top encoder blocks train: None = all, 0 = none."""
         if self.freeze == "all":
@@ -396,6 +402,15 @@ class EmbeddingChoice(_Config):
     precision: Precision = Field(
         Precision.float32, description="Encoder matmul precision; bfloat16 needs a bare encoder."
     )
+
+    def check_layers(self, num_layers: int) -> None:
+        """Every index of `layers` names a layer of an encoder with `num_layers` layers."""
+        outside = [i for i in self.layers if not -num_layers <= i < num_layers]
+        if outside and self.source != EmbedSource.penultimate:
+            raise InputError(
+                f"embedding.layers: {outside} outside the encoder's {num_layers} layers "
+                f"(0..{num_layers - 1}, or -1..-{num_layers} from the top)"
+            )
 
     @model_validator(mode="after")
     def _pooled_is_one_vector(self) -> Self:

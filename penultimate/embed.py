@@ -19,7 +19,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import tensorflow as tf
 
-from penultimate.artifacts import Manifest, Stage
 from penultimate.config import EmbeddingChoice, EmbedPooling, EmbedSource, LayerCombine
 from penultimate.encoders.pair import EncoderPair
 from penultimate.errors import InputError
@@ -35,8 +34,6 @@ from penultimate.features import (
 )
 from penultimate.pooling import l2_normalize
 
-EMBEDDING_SHARD_STAGE = Stage("embedding-shard", "1")
-EMBEDDINGS_STAGE = Stage("embeddings", "1")
 SHARD_FILE = "embeddings.parquet"
 PASSTHROUGH = ("label", "split")
 
@@ -104,7 +101,7 @@ class EncoderEmbedder:
     def __init__(self, loaded: LoadedEncoder, choice: EmbeddingChoice, batch_size: int = 64):
         if choice.source == EmbedSource.penultimate:
             raise ValueError("a bare encoder has no penultimate features; use source: encoder")
-        check_layers(choice, loaded.info.num_layers)
+        choice.check_layers(loaded.info.num_layers)
         self.loaded, self.choice, self.batch_size = loaded, choice, batch_size
         self.preprocessor = loaded.preprocessor
         self.seq_length = loaded.info.seq_length
@@ -145,7 +142,7 @@ class ExportedEmbedder:
         self.choice, self.batch_size = choice, batch_size
         encode_outputs = self.model.signatures["encode"].structured_outputs
         self.num_layers = sum(1 for k in encode_outputs if k.endswith("_cls"))
-        check_layers(choice, self.num_layers)
+        choice.check_layers(self.num_layers)
         self.choice_blocks = None
         if choice.source == EmbedSource.all_choices:
             names = [*encoder_choice_names(self.num_layers), "penultimate"]
@@ -216,25 +213,6 @@ def embeddings_table(frame: pl.DataFrame, vectors: np.ndarray, dtype: str) -> pa
     }
     columns.update({c: frame[c].to_arrow() for c in PASSTHROUGH if c in frame.columns})
     return pa.table(columns)
-
-
-def check_layers(choice: EmbeddingChoice, num_layers: int) -> None:
-    """Every index of `choice.layers` names a layer of an encoder with `num_layers` layers."""
-    outside = [i for i in choice.layers if not -num_layers <= i < num_layers]
-    if outside and choice.source != EmbedSource.penultimate:
-        raise InputError(
-            f"embedding.layers: {outside} outside the encoder's {num_layers} layers "
-            f"(0..{num_layers - 1}, or -1..-{num_layers} from the top)"
-        )
-
-
-def model_layers(manifest: Manifest | None) -> int:
-    """The encoder layers of an `encoder` or `export` artifact, from its manifest."""
-    if manifest is None:
-        raise InputError("the model artifact is not complete (manifest.json missing or invalid)")
-    if manifest.stage == "export":
-        return int(manifest.metrics["encoder"]["num_layers"])
-    return int(manifest.metrics["num_layers"])
 
 
 def count_truncated(

@@ -14,14 +14,9 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from penultimate.artifacts import Stage
 from penultimate.features import encoder_choices, pack_to_longest
 from penultimate.train import TrainedClassifier, logits_to_probabilities
 
-# 2: `encode` also returns `penultimate`, so every choice comes from one encoder pass.
-# 3: inputs packed through the standard `tokenize` + `bert_pack_inputs` (any TF-Hub preprocessor);
-#    `seq_length` kept as a variable.
-EXPORT_STAGE = Stage("export", "3")
 SAVED_MODEL_DIR = "saved_model"
 VERIFY_BATCH_SIZES = (1, 7, 64)
 TOLERANCE = 1e-5

@@ -12,12 +12,11 @@ from typing import Any
 import fsspec
 import polars as pl
 
-from penultimate.artifacts import ArtifactRef, Stage
+from penultimate.artifacts import ArtifactRef
 from penultimate.config import EmptyTextPolicy, FileFormat, IngestConfig, TextFormat
 from penultimate.email_text import email_to_text
 from penultimate.errors import InputError
 
-DATASET_STAGE = Stage("dataset", "1")
 DATA_DIR = "data"
 SPLITS = ("train", "val", "test")
 _SUFFIXES = {

@@ -21,11 +21,9 @@ from sklearn.metrics import (
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from penultimate.artifacts import Stage
 from penultimate.cluster import EmbeddingShards
 from penultimate.errors import InputError
 
-PROBE_STAGE = Stage("probe", "1")
 SPLITS = ("train", "test")
 SCORE_COLUMNS = ("accuracy", "macro_f1", "control_accuracy", "selectivity", "ari", "nmi")
 

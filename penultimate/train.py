@@ -15,7 +15,7 @@ import polars as pl
 import tensorflow as tf
 import tf_keras
 
-from penultimate.artifacts import ArtifactRef, Stage
+from penultimate.artifacts import ArtifactRef
 from penultimate.classifier import (
     EncoderStructureError,
     HeadModel,
@@ -24,7 +24,7 @@ from penultimate.classifier import (
     encoder_variables_to_train,
 )
 from penultimate.config import ClassWeights, TrainConfig
-from penultimate.encoders.pair import ENCODER_STAGE, EncoderInfo, EncoderPair
+from penultimate.encoders.pair import EncoderInfo, EncoderPair
 from penultimate.errors import InputError
 from penultimate.evaluation import classification_metrics, plot_confusion_matrix
 from penultimate.features import (
@@ -35,10 +35,8 @@ from penultimate.features import (
     pool_encoder_outputs,
     traced_features,
 )
+from penultimate.stages import ENCODER_STAGE
 
-# 2: classifier.json names its encoder artifact by key.
-MODEL_STAGE = Stage("model", "2")
-FEATURES_STAGE = Stage("features", "1")
 CLASSIFIER_FILE = "classifier.json"
 WEIGHTS = "weights/classifier"
 FEATURE_SPLITS = ("train", "val", "test")
@@ -57,12 +55,6 @@ class LabelSpace:
     def encode(self, labels: pl.Series) -> np.ndarray:
         index = {name: i for i, name in enumerate(self.names)}
         return np.array([index[label] for label in labels], np.int32)
-
-
-def uses_feature_cache(config: TrainConfig) -> bool:
-    """With the encoder frozen and no dropout before pooling, its output never changes: compute
-    the pooled features once and train the head on them."""
-    return config.trained_top_blocks == 0 and not any(d.at == "sequence" for d in config.dropout)
 
 
 def validate_training_inputs(

@@ -12,10 +12,12 @@ from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from penultimate.artifacts import ArtifactRef, ArtifactStore
-from penultimate.cluster import CLUSTERS_STAGE, EmbeddingShards, validate_cluster_inputs
-from penultimate.cluster_report import summary_table, write_cluster_artifact
 from penultimate.config import ClusterConfig
+from penultimate.stages import CLUSTERS_STAGE
 from tasks.caching import artifact_task
+
+# The library modules that load TensorFlow (or scikit-learn) are imported inside the task bodies:
+# a run whose every task is cached then never imports them (see docs/DESIGN.md).
 
 
 def cluster_identity(params: Mapping[str, Any]) -> tuple[dict[str, Any], list[ArtifactRef]]:
@@ -29,6 +31,9 @@ def cluster_embeddings(
     config: ClusterConfig, embeddings: ArtifactRef, store_root: str
 ) -> ArtifactRef:
     """Validate every shard first (errors name the file and row), then cluster and report."""
+    from penultimate.cluster import EmbeddingShards, validate_cluster_inputs
+    from penultimate.cluster_report import summary_table, write_cluster_artifact
+
     shards = EmbeddingShards.open(embeddings)
     validate_cluster_inputs(shards, config)
     key, inputs = cluster_identity({"config": config, "embeddings": embeddings})

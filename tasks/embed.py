@@ -13,15 +13,11 @@ from prefect import get_run_logger
 
 from penultimate.artifacts import ArtifactRef, ArtifactStore
 from penultimate.config import EmbedConfig
-from penultimate.embed import (
-    EMBEDDING_SHARD_STAGE,
-    EMBEDDINGS_STAGE,
-    SHARD_FILE,
-    extract_shard_embeddings,
-    load_embedder,
-    peak_memory_mb,
-)
+from penultimate.stages import EMBEDDING_SHARD_STAGE, EMBEDDINGS_STAGE
 from tasks.caching import artifact_task
+
+# The library modules that load TensorFlow (or scikit-learn) are imported inside the task bodies:
+# a run whose every task is cached then never imports them (see docs/DESIGN.md).
 
 
 def shard_identity(params: Mapping[str, Any]) -> tuple[dict[str, Any], list[ArtifactRef]]:
@@ -36,6 +32,13 @@ def embed_shard(
     config: EmbedConfig, model: ArtifactRef, shard: str, shard_sha256: str, store_root: str
 ) -> ArtifactRef:
     """Embed one dataset shard into its own artifact; the model is loaded once per worker."""
+    from penultimate.embed import (
+        SHARD_FILE,
+        extract_shard_embeddings,
+        load_embedder,
+        peak_memory_mb,
+    )
+
     loads_before = load_embedder.cache_info().misses
     embedder = load_embedder(
         model.stage,

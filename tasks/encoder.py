@@ -15,14 +15,17 @@ from prefect import get_run_logger
 
 from penultimate.artifacts import ArtifactRef, ArtifactStore
 from penultimate.config import EncoderConfig
-from penultimate.encoders.bert_convert import (
-    build_encoder_pair,
+from penultimate.encoders.pair import EncoderPair
+from penultimate.encoders.sources import (
+    hub_pair_fingerprint,
     resolve_weights_folder,
     weights_fingerprint,
 )
-from penultimate.encoders.hub_import import hub_pair_fingerprint, import_hub_pair
-from penultimate.encoders.pair import ENCODER_STAGE, EncoderPair
+from penultimate.stages import ENCODER_STAGE
 from tasks.caching import artifact_task
+
+# The library modules that load TensorFlow (or scikit-learn) are imported inside the task bodies:
+# a run whose every task is cached then never imports them (see docs/DESIGN.md).
 
 
 def encoder_identity(params: Mapping[str, Any]) -> tuple[dict[str, Any], list[ArtifactRef]]:
@@ -37,6 +40,9 @@ def encoder_identity(params: Mapping[str, Any]) -> tuple[dict[str, Any], list[Ar
 def build_encoder(config: EncoderConfig, store_root: str) -> ArtifactRef:
     """Convert the configured weights, or import the configured TF-Hub pair, into
     `preprocessor/` and `encoder/` SavedModels with `encoder.json`."""
+    from penultimate.encoders.bert_convert import build_encoder_pair
+    from penultimate.encoders.hub_import import import_hub_pair
+
     key_config, _ = encoder_identity({"config": config})
     logger = get_run_logger()
 

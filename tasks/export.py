@@ -13,10 +13,12 @@ from prefect import get_run_logger
 
 from penultimate.artifacts import ArtifactRef, ArtifactStore
 from penultimate.config import ExportConfig
-from penultimate.export import EXPORT_STAGE, export_classifier
 from penultimate.ingest import read_dataset
-from penultimate.train import TrainedClassifier
+from penultimate.stages import EXPORT_STAGE
 from tasks.caching import artifact_task
+
+# The library modules that load TensorFlow (or scikit-learn) are imported inside the task bodies:
+# a run whose every task is cached then never imports them (see docs/DESIGN.md).
 
 
 @artifact_task(EXPORT_STAGE, name="export-classifier")
@@ -24,6 +26,9 @@ def export_model(
     config: ExportConfig, model: ArtifactRef, dataset: ArtifactRef, store_root: str
 ) -> ArtifactRef:
     """Save, reload in a fresh process, compare; publish only a SavedModel that passes."""
+    from penultimate.export import export_classifier
+    from penultimate.train import TrainedClassifier
+
     trained = TrainedClassifier.load(model.path)
     frame = read_dataset(dataset)
     probe = frame.filter(pl.col("split") != "train").head(config.verify_texts)["text"].to_list()

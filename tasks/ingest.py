@@ -13,12 +13,8 @@ from prefect.artifacts import create_markdown_artifact
 
 from penultimate.artifacts import ArtifactRef, ArtifactStore
 from penultimate.config import IngestConfig
-from penultimate.ingest import (
-    DATASET_STAGE,
-    prepare_dataset,
-    source_fingerprint,
-    write_dataset,
-)
+from penultimate.ingest import prepare_dataset, source_fingerprint, write_dataset
+from penultimate.stages import DATASET_STAGE
 from tasks.caching import artifact_task
 
 

@@ -12,11 +12,12 @@ from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from penultimate.artifacts import ArtifactRef, ArtifactStore
-from penultimate.cluster import EmbeddingShards
 from penultimate.config import ProbeConfig
-from penultimate.probe import PROBE_STAGE, ProbeInputError
-from penultimate.probe_report import write_probe_artifact
+from penultimate.stages import PROBE_STAGE
 from tasks.caching import artifact_task
+
+# The library modules that load TensorFlow (or scikit-learn) are imported inside the task bodies:
+# a run whose every task is cached then never imports them (see docs/DESIGN.md).
 
 
 def probe_identity(params: Mapping[str, Any]) -> tuple[dict[str, Any], list[ArtifactRef]]:
@@ -28,6 +29,10 @@ def probe_identity(params: Mapping[str, Any]) -> tuple[dict[str, Any], list[Arti
 @artifact_task(PROBE_STAGE, identity=probe_identity, name="probe-embeddings")
 def probe_embeddings(config: ProbeConfig, embeddings: ArtifactRef, store_root: str) -> ArtifactRef:
     """Fit and score a linear probe, its control and k-means on every choice; report the best."""
+    from penultimate.cluster import EmbeddingShards
+    from penultimate.probe import ProbeInputError
+    from penultimate.probe_report import write_probe_artifact
+
     store = ArtifactStore(store_root)
     shards = EmbeddingShards.open(embeddings)
     blocks = store.read_manifest(embeddings).metrics.get("choice_blocks")  # type: ignore[union-attr]

@@ -14,19 +14,13 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 from penultimate.artifacts import ArtifactRef, ArtifactStore
 from penultimate.config import TrainConfig
 from penultimate.encoders.pair import EncoderPair
-from penultimate.features import load_encoder
+from penultimate.errors import InputError
 from penultimate.ingest import read_dataset
-from penultimate.train import (
-    FEATURES_STAGE,
-    MODEL_STAGE,
-    LabelSpace,
-    TrainInputError,
-    compute_features,
-    train_classifier,
-    validate_training_inputs,
-    write_classifier_info,
-)
+from penultimate.stages import FEATURES_STAGE, MODEL_STAGE
 from tasks.caching import artifact_task
+
+# The library modules that load TensorFlow (or scikit-learn) are imported inside the task bodies:
+# a run whose every task is cached then never imports them (see docs/DESIGN.md).
 
 
 # A pure function of its inputs (artifact keys are content hashes), so its answer is cached too.
@@ -35,10 +29,12 @@ def check_training_inputs(
     config: TrainConfig, dataset: ArtifactRef, encoder: ArtifactRef
 ) -> list[str]:
     """Validate the config against the dataset and the encoder before any compute; the labels."""
+    from penultimate.train import validate_training_inputs
+
     info = EncoderPair(encoder.path).read_info()
     manifest = ArtifactStore(dataset.path.parent.parent).read_manifest(dataset)
     if manifest is None:
-        raise TrainInputError(f"dataset {dataset.uri} is not a complete artifact")
+        raise InputError(f"dataset {dataset.uri} is not a complete artifact")
     label_counts = manifest.metrics.get("label_counts_per_split")
     labels = validate_training_inputs(config, dataset, label_counts, info)
     get_run_logger().info(
@@ -63,6 +59,9 @@ def encode_features(
     config: TrainConfig, dataset: ArtifactRef, encoder: ArtifactRef, store_root: str
 ) -> ArtifactRef:
     """Pooled encoder features of every split, computed once per dataset, encoder and pooling."""
+    from penultimate.features import load_encoder
+    from penultimate.train import compute_features
+
     loaded = load_encoder(EncoderPair(encoder.path))
     frame = read_dataset(dataset)
     get_run_logger().info("encoding %d texts once for head-only training", frame.height)
@@ -91,6 +90,9 @@ def train_model(
     store_root: str,
 ) -> ArtifactRef:
     """Train and evaluate; the model artifact holds weights, history, metrics and plots."""
+    from penultimate.features import load_encoder
+    from penultimate.train import LabelSpace, train_classifier, write_classifier_info
+
     logger = get_run_logger()
     pair = EncoderPair(encoder.path)
     loaded = load_encoder(pair)

@@ -12,7 +12,7 @@ import pytest
 from playwright.sync_api import BrowserContext, Page, expect, sync_playwright
 
 from conftest import DeploymentRun, ProcessPoolDeployments
-from penultimate.ingest import DATASET_STAGE
+from penultimate.stages import DATASET_STAGE
 
 CHROMIUM = Path("/usr/bin/chromium")
 # No network beyond the local server: nothing for Chromium to phone home to or update.

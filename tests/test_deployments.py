@@ -25,7 +25,7 @@ from conftest import (
     wait_for_flow_run,
 )
 from penultimate.config import ClusterAlgorithm, DropoutSpec, FileFormat, MaskMode, TextFormat
-from penultimate.ingest import DATASET_STAGE
+from penultimate.stages import DATASET_STAGE
 
 DOCKER_FILE = REPO / "prefect.docker.yaml"
 

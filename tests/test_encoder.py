@@ -14,8 +14,8 @@ import tensorflow_hub as hub
 import tf_keras
 
 from conftest import FIXTURES, task_run_states
-from penultimate.encoders.bert_convert import EncoderSourceError, resolve_weights_folder
 from penultimate.encoders.pair import EncoderPair
+from penultimate.encoders.sources import EncoderSourceError, resolve_weights_folder
 from penultimate.pooling import l2_normalize, masked_mean
 
 REFERENCE = json.loads((FIXTURES / "minilm_reference.json").read_text())

@@ -11,13 +11,13 @@ import pytest
 from penultimate.artifacts import ArtifactStore
 from penultimate.config import IngestConfig
 from penultimate.ingest import (
-    DATASET_STAGE,
     IngestError,
     prepare_dataset,
     read_dataset,
     split_of,
     write_dataset,
 )
+from penultimate.stages import DATASET_STAGE
 
 
 def plain_config(source: Path, **overrides: object) -> IngestConfig:

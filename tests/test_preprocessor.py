@@ -21,12 +21,12 @@ import tensorflow_hub as hub
 import tf_keras
 
 from conftest import FIXTURES
-from penultimate.encoders.bert_convert import resolve_weights_folder
 from penultimate.encoders.preprocessor import (
     BertPreprocessor,
     normalize_like_bert_reference,
     save_preprocessor,
 )
+from penultimate.encoders.sources import resolve_weights_folder
 from penultimate.features import pack_to_longest
 
 REFERENCE = json.loads((FIXTURES / "minilm_reference.json").read_text())

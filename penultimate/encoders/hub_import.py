@@ -4,74 +4,16 @@ into an encoder artifact: resolved as `tensorflow_hub` does, content-hashed, cop
 
 from __future__ import annotations
 
-import hashlib
-import os
 import shutil
-from pathlib import Path
 from typing import Any
 
 import tensorflow as tf
 
-from penultimate.artifacts import sha256_file_memo
 from penultimate.config import EncoderConfig
 from penultimate.encoders.pair import EncoderInfo, EncoderPair
-from penultimate.errors import InputError
+from penultimate.encoders.sources import HubPairError, resolve_handle
 
 ENCODER_OUTPUTS = ("pooled_output", "sequence_output", "encoder_outputs", "default")
-_SAVED_MODEL = "saved_model.pb"
-
-
-class HubPairError(InputError):
-    """A handle or folder that does not resolve, or a SavedModel without the BERT interface; the
-    message names the `encoder.*` field."""
-
-
-def resolve_handle(handle: str, field: str) -> Path:
-    """The local SavedModel folder of `handle`: a folder as given, or a TF-Hub / Kaggle URL
-    resolved through `tensorflow_hub.resolve` (its cache, `TFHUB_CACHE_DIR`, first)."""
-    if "://" in handle and not handle.startswith("file://"):
-        import tensorflow_hub as hub
-
-        try:
-            folder = Path(hub.resolve(handle))
-        except Exception as error:  # urllib, HTTP and TF file errors alike
-            cache = os.environ.get("TFHUB_CACHE_DIR", "(TFHUB_CACHE_DIR not set)")
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            raise HubPairError(
-                f"encoder.{field}: handle {handle!r} does not resolve: not in the TF-Hub cache "
-                f"{cache} and not downloadable ({type(error).__name__}: {first_line})"
-            ) from None
-    else:
-        folder = Path(handle.removeprefix("file://")).expanduser()
-        if not folder.is_dir():
-            raise HubPairError(f"encoder.{field}: {handle!r} is not an existing folder")
-    if not (folder / _SAVED_MODEL).is_file():
-        raise HubPairError(f"encoder.{field}: {handle!r} ({folder}) holds no {_SAVED_MODEL}")
-    return folder.resolve()
-
-
-def saved_model_fingerprint(folder: Path) -> str:
-    """sha256 over every file's relative path and content: new bytes at the same path give a new
-    fingerprint, the same bytes anywhere the same one."""
-    digest = hashlib.sha256()
-    for file in sorted(folder.rglob("*")):
-        if file.is_file():
-            digest.update(file.relative_to(folder).as_posix().encode() + b"\0")
-            digest.update(sha256_file_memo(file).encode())
-    return digest.hexdigest()
-
-
-def hub_pair_fingerprint(config: EncoderConfig) -> dict[str, str]:
-    """The content fingerprints of the configured pair (the encoder artifact's identity)."""
-    assert config.hub_preprocessor is not None and config.hub_encoder is not None
-    return {
-        "preprocessor_sha256": saved_model_fingerprint(
-            resolve_handle(config.hub_preprocessor, "hub_preprocessor")
-        ),
-        "encoder_sha256": saved_model_fingerprint(
-            resolve_handle(config.hub_encoder, "hub_encoder")
-        ),
-    }
 
 
 def _check_preprocessor(preprocessor: Any, handle: str, seq_length: int) -> dict[str, tf.Tensor]:

@@ -9,13 +9,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from penultimate.artifacts import Stage, write_text_atomic
+from penultimate.artifacts import Manifest, write_text_atomic
+from penultimate.errors import InputError
 
-# 2: the encoder SavedModel carries `call_bfloat16`.
-# 3: 2-D token matrix, fused QKV, MatMul + BiasAdd (+ GELU) that oneDNN fuses.
-# 4: `encoder.json`; TF-Hub pairs imported too; the built-in preprocessor has the whole standard
-#    interface (`tokenize.get_special_tokens_dict`, `bert_pack_inputs` for ragged rank 1 and 2).
-ENCODER_STAGE = Stage("encoder", "4")
 PREPROCESSOR_DIR = "preprocessor"
 ENCODER_DIR = "encoder"
 INFO_FILE = "encoder.json"
@@ -50,6 +46,16 @@ class EncoderInfo:
             "vocab_size": self.vocab_size,
             "origin": self.origin,
         }
+
+
+def encoder_layers(manifest: Manifest | None) -> int:
+    """The layers of the encoder of an `encoder` artifact, or inside an `export` artifact, read
+    from the artifact's manifest."""
+    if manifest is None:
+        raise InputError("the model artifact is not complete (manifest.json missing or invalid)")
+    if manifest.stage == "export":
+        return int(manifest.metrics["encoder"]["num_layers"])
+    return int(manifest.metrics["num_layers"])
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,28 @@
+"""Every kind of artifact the flows write, with its code version, in the order the pipeline makes
+them. Bump a stage's version when the code changes what the stage writes (its keys change too).
+
+TensorFlow-free on purpose: tasks compute artifact keys from these before deciding to compute, so
+a run whose every task is cached never has to import TensorFlow.
+"""
+
+from __future__ import annotations
+
+from penultimate.artifacts import Stage
+
+DATASET_STAGE = Stage("dataset", "1")
+# 2: the encoder SavedModel carries `call_bfloat16`.
+# 3: 2-D token matrix, fused QKV, MatMul + BiasAdd (+ GELU) that oneDNN fuses.
+# 4: `encoder.json`; TF-Hub pairs imported too; the built-in preprocessor has the whole standard
+#    interface (`tokenize.get_special_tokens_dict`, `bert_pack_inputs` for ragged rank 1 and 2).
+ENCODER_STAGE = Stage("encoder", "4")
+FEATURES_STAGE = Stage("features", "1")
+# 2: classifier.json names its encoder artifact by key.
+MODEL_STAGE = Stage("model", "2")
+# 2: `encode` also returns `penultimate`, so every choice comes from one encoder pass.
+# 3: inputs packed through the standard `tokenize` + `bert_pack_inputs` (any TF-Hub preprocessor);
+#    `seq_length` kept as a variable.
+EXPORT_STAGE = Stage("export", "3")
+EMBEDDING_SHARD_STAGE = Stage("embedding-shard", "1")
+EMBEDDINGS_STAGE = Stage("embeddings", "1")
+CLUSTERS_STAGE = Stage("clusters", "1")
+PROBE_STAGE = Stage("probe", "1")
