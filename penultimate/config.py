@@ -93,15 +93,19 @@ class IngestConfig(_Config):
         return columns
 
 
+BUILTIN_ENCODER = "minilm-l6"
+
+
 class EncoderConfig(_Config):
     """Where the encoder pair comes from: the built-in one, a BERT safetensors folder converted
     offline, or any TF-Hub-format preprocessor + encoder pair (TF-Hub / Kaggle handle or local
     SavedModel folder each), imported into the store."""
 
     source: str | None = Field(
-        "minilm-l6",
+        BUILTIN_ENCODER,
         description="Built-in name (minilm-l6) or a BERT safetensors folder "
-        "(config.json, vocab.txt, model.safetensors); unset with hub_preprocessor/hub_encoder.",
+        "(config.json, vocab.txt, model.safetensors); the default gives way to hub_preprocessor/"
+        "hub_encoder.",
     )
     hub_preprocessor: str | None = Field(
         None,
@@ -133,10 +137,13 @@ class EncoderConfig(_Config):
     @model_validator(mode="before")
     @classmethod
     def _hub_pair_replaces_the_default_source(cls, data: Any) -> Any:
+        # The default source gives way to a hub pair: a UI form always sends the default along.
         hub_given = isinstance(data, dict) and any(
             data.get(name) is not None for name in ("hub_preprocessor", "hub_encoder")
         )
-        return {**data, "source": None} if hub_given and "source" not in data else data
+        if hub_given and data.get("source", BUILTIN_ENCODER) == BUILTIN_ENCODER:
+            return {**data, "source": None}
+        return data
 
     @model_validator(mode="after")
     def _one_way_to_name_the_encoder(self) -> Self:

@@ -15,7 +15,7 @@ import tf_keras
 from conftest import run_cli
 from penultimate.artifacts import ArtifactRef
 from penultimate.classifier import TextClassifier
-from penultimate.config import TrainConfig
+from penultimate.config import EncoderConfig, TrainConfig
 from penultimate.encoders.pair import EncoderInfo, EncoderPair
 from penultimate.features import LoadedEncoder
 from penultimate.ingest import label_counts_per_split
@@ -38,7 +38,7 @@ DATASET = ArtifactRef(stage="dataset", key="k", uri="/store/dataset/k")
         ({"pooling": "pooled", "layer": -2}, "use layer: -1"),
         ({"encoder": {"hub_encoder": "some/path"}}, "go together"),
         (
-            {"encoder": {"source": "minilm-l6", "hub_preprocessor": "p", "hub_encoder": "e"}},
+            {"encoder": {"source": "my/bert", "hub_preprocessor": "p", "hub_encoder": "e"}},
             "two ways to name the encoder",
         ),
         (
@@ -51,6 +51,16 @@ DATASET = ArtifactRef(stage="dataset", key="k", uri="/store/dataset/k")
 def test_config_errors_name_the_field(overrides: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         TrainConfig.model_validate(overrides)
+
+
+def test_a_hub_pair_replaces_the_default_source() -> None:
+    # The UI's form sends the default source along with the hub fields a user filled in.
+    form = EncoderConfig.model_validate(
+        {"source": "minilm-l6", "hub_preprocessor": "p", "hub_encoder": "e"}
+    )
+    assert form.source is None and form.is_hub_pair
+    assert EncoderConfig.model_validate(form.model_dump()) == form
+    assert EncoderConfig().source == "minilm-l6" and not EncoderConfig().is_hub_pair
 
 
 def frame(labels: list[str], splits: list[str]) -> pl.DataFrame:
