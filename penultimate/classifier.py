@@ -199,7 +199,7 @@ class TextClassifier(tf_keras.Model):
         return self.penultimate(self.encoder_features(inputs, False, False), False)
 
     def encoder_variables_to_train(self) -> list[tf.Variable]:
-        # Only the encoder's trainable variables: a SavedModel may carry others (e.g. counters).
+        # Only trainable variables: a SavedModel may carry others (Model Garden: do_lower_case).
         variables = {v.name: v for v in self.encoder.trainable_weights}
         names = encoder_variables_to_train(
             list(variables), self.num_layers, self.train_config.trained_top_blocks

@@ -30,6 +30,7 @@ from penultimate.features import (
     length_sorted_batches,
     load_encoder,
     pool_tokens,
+    token_counts,
     traced_features,
 )
 from penultimate.pooling import l2_normalize
@@ -222,8 +223,7 @@ def count_truncated(
     total = 0
     for start in range(0, len(texts), batch_size):
         tokens = preprocessor.tokenize(tf.constant(list(texts[start : start + batch_size])))
-        flat = tokens.merge_dims(1, -1) if tokens.ragged_rank > 1 else tokens
-        lengths = flat.row_lengths() + 2  # plus [CLS] and [SEP]
+        lengths = token_counts(tokens) + 2  # plus [CLS] and [SEP]
         total += int(tf.reduce_sum(tf.cast(lengths > seq_length, tf.int32)))
     return total
 

@@ -66,14 +66,20 @@ def pool_encoder_outputs(
     return pool_tokens(select_layer(outputs, layer), mask, pooling)
 
 
+def token_counts(tokens: tf.RaggedTensor) -> tf.Tensor:
+    """Tokens per text of a `tokenize` output: [batch, (words), (wordpieces)] or [batch, (tokens)]
+    (both ragged ranks are TF Hub's standard)."""
+    flat = tokens.merge_dims(1, -1) if tokens.ragged_rank > 1 else tokens
+    return flat.row_lengths()
+
+
 def pack_to_longest(preprocessor: Any, texts: tf.Tensor, seq_length: int) -> dict[str, tf.Tensor]:
     """Encoder inputs for [batch] strings, padded only to the batch's longest row (at most
     `seq_length`), through the standard TF-Hub preprocessor interface: `tokenize`, then
     `bert_pack_inputs` at that length. Works for any TF-Hub BERT preprocessor."""
     tokens = preprocessor.tokenize(texts)
-    flat = tokens.merge_dims(1, -1) if tokens.ragged_rank > 1 else tokens
     # [CLS] + tokens + [SEP]; the maximum with 0 gives an empty batch a valid length too.
-    longest = tf.cast(tf.maximum(tf.reduce_max(flat.row_lengths()), 0), tf.int32) + 2
+    longest = tf.cast(tf.maximum(tf.reduce_max(token_counts(tokens)), 0), tf.int32) + 2
     return preprocessor.bert_pack_inputs([tokens], seq_length=tf.minimum(longest, seq_length))
 
 
