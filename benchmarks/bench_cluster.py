@@ -62,20 +62,20 @@ def replicated_artifact(
             embedding = pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), 384)
             table = frame.select("id", "label").to_arrow().append_column("embedding", embedding)
             pq.write_table(table, out / SHARD_FILE)
-            return {"rows": len(frame), "dim": 384, "source_shard": str(source)}
+            return {"rows": len(frame), "dim": 384, "source_shard": artifacts.relative(source)}
 
         refs.append(
-            artifacts.publish(EMBEDDING_SHARD_STAGE, {"total": total, "shard": index}, write)
+            artifacts.publish(EMBEDDING_SHARD_STAGE, {"total": total, "shard": index}, write).ref
         )
         rows.append(count)
     return artifacts.publish(
         EMBEDDINGS_STAGE,
         {"total": total},
         lambda out: {
-            "shards": [{"uri": r.uri, "rows": n} for r, n in zip(refs, rows, strict=True)]
+            "shards": [{"key": r.key, "rows": n} for r, n in zip(refs, rows, strict=True)]
         },
         refs,
-    )
+    ).ref
 
 
 def run_one(method: str, embeddings: str, out: str) -> None:
@@ -153,7 +153,7 @@ def main() -> None:
     assert manifest is not None
     shards = EmbeddingShards.open(embeddings)
     rows, base = read_embeddings(shards.files)
-    texts = read_dataset(manifest.inputs[0])
+    texts = read_dataset(ArtifactStore(store).resolve(manifest.inputs[0]))
     texts = texts.join(rows.select("id"), on="id", how="semi")
     by_id = dict(zip(texts["id"].to_list(), texts["text"].str.slice(0, 300).to_list(), strict=True))
     base_texts = [by_id[i] for i in rows["id"].to_list()]

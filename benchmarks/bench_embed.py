@@ -27,7 +27,6 @@ from penultimate.artifacts import ArtifactRef, ArtifactStore, open_artifact
 from penultimate.config import DaskRunnerConfig, EmbedConfig, EmbeddingChoice, IngestConfig
 from penultimate.embed import (
     EncoderEmbedder,
-    count_truncated,
     embedding_shard_files,
     extract_shard_embeddings,
     limit_tensorflow_threads,
@@ -93,16 +92,15 @@ def run_flow(
     artifacts = ArtifactStore(store)
     manifest = artifacts.validate(ref)
     assert manifest is not None
-    shard_uris = [s["uri"] for s in manifest.metrics["shards"]]
     shard_manifests = [
-        artifacts.read_manifest(open_artifact(uri, EMBEDDING_SHARD_STAGE.name))
-        for uri in shard_uris
+        artifacts.read_manifest(artifacts.ref(EMBEDDING_SHARD_STAGE, s["key"]))
+        for s in manifest.metrics["shards"]
     ]
     stats = [m.metrics for m in shard_manifests if m is not None]
     peak = max(s["worker_peak_rss_mb"] for s in stats)
     # Steady state: the shards' own compute time spread over the workers, without start-up.
     steady = sum(s["rows"] for s in stats) / (compute_seconds(stats) / config.runner.n_workers)
-    rows, matrix = read_embeddings(embedding_shard_files(shard_uris))
+    rows, matrix = read_embeddings(embedding_shard_files(ref, manifest))
     print(f"{name}: {rows.height / seconds:.1f} texts/s, worker peak {peak} MB", flush=True)
     return Run(name, rows.height, seconds, peak, np.array(matrix, np.float32), steady)
 
@@ -115,7 +113,7 @@ def plain_loop(dataset: ArtifactRef, pair: EncoderPair, out: Path) -> None:
     embedder = EncoderEmbedder(LoadedEncoder.load(pair), choice)
     out.mkdir(parents=True)
     stats = [
-        extract_shard_embeddings(embedder, shard, out / f"{index:05d}.parquet", choice, None)
+        extract_shard_embeddings(embedder, shard, "", out / f"{index:05d}.parquet", choice, None)
         for index, shard in enumerate(dataset_shards(dataset))
     ]
     rows = read_embeddings(sorted(out.glob("*.parquet")))[0].height
@@ -228,10 +226,6 @@ def profile(loaded: LoadedEncoder, texts: list[str], batch_size: int) -> dict[st
         for inputs in batches:
             run(inputs).numpy()
         timings[f"encoder {precision}"] = time.perf_counter() - started
-    count_truncated(loaded.preprocessor, texts[:8])  # its graph is built on the first call
-    started = time.perf_counter()
-    count_truncated(loaded.preprocessor, texts)
-    timings["count truncated (second tokenization)"] = time.perf_counter() - started
     hidden, layers, inner = 384, 6, 1536
     flops = sum(
         int(b["input_mask"].shape[0])

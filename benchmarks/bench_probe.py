@@ -32,7 +32,8 @@ def before_and_after_dropout(
     """The penultimate features as served (before dropout) vs with a training-mode element
     dropout mask of `rate` applied (kept values scaled by 1/(1-rate), as Keras does): probe and
     k-means scores, and how far each vector moves (cosine)."""
-    embeddings = next(i for i in store.read_manifest(probe_ref).inputs if i.stage == "embeddings")
+    stored = next(i for i in store.read_manifest(probe_ref).inputs if i.stage == "embeddings")
+    embeddings = store.resolve(stored)
     blocks = store.read_manifest(embeddings).metrics["choice_blocks"]  # type: ignore[union-attr]
     block = next(c for c in parse_choices(blocks) if c.name == "penultimate")
     rows = read_probe_rows(EmbeddingShards.open(embeddings), 20000, 20000, config.seed)

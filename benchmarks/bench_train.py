@@ -20,14 +20,11 @@ from penultimate.artifacts import ArtifactStore
 from penultimate.config import IngestConfig, TrainConfig
 from penultimate.encoders.bert_convert import build_encoder_pair
 from penultimate.encoders.sources import resolve_weights_folder
-from penultimate.features import LoadedEncoder
+from penultimate.features import ChoiceEncoder, LoadedEncoder
 from penultimate.ingest import label_counts_per_split, prepare_dataset, write_dataset
+from penultimate.shard_features import choice_name
 from penultimate.stages import DATASET_STAGE
-from penultimate.train import (
-    compute_features,
-    train_classifier,
-    validate_training_inputs,
-)
+from penultimate.train import FEATURE_SPLITS, train_classifier, validate_training_inputs
 
 HEAD_RUNS: dict[str, list[dict[str, Any]]] = {
     "no dropout": [{"at": "head", "rate": 0.0}],
@@ -69,16 +66,16 @@ def main() -> None:
     frame, counts = prepare_dataset(ingest)
     dataset = store.publish(
         DATASET_STAGE, ingest, lambda out: write_dataset(frame, counts, out, 2000)
-    )
+    ).ref
     pair = build_encoder_pair(resolve_weights_folder("minilm-l6"), work / "encoder", seq_length=128)
     loaded = LoadedEncoder.load(pair)
     train_rows = frame.filter(pl.col("split") == "train").height
 
     rows = []
-    features_dir = work / "features"
-    features_dir.mkdir()
+    name = choice_name(-1, "mean", loaded.info.num_layers)
     started = time.perf_counter()
-    compute_features(loaded, frame, TrainConfig(), features_dir)
+    matrix = ChoiceEncoder(loaded, [name]).encode(frame["text"].to_list())[0][name]
+    cached = {s: matrix[(frame["split"] == s).to_numpy()] for s in FEATURE_SPLITS}
     encode_all_s = time.perf_counter() - started
     encode_train_s = encode_all_s * train_rows / frame.height
 
@@ -89,7 +86,7 @@ def main() -> None:
         )
         out = Path(tempfile.mkdtemp(dir=work))
         began = time.perf_counter()
-        features = features_dir if config.uses_feature_cache else None
+        features = cached if config.uses_feature_cache else None
         metrics = train_classifier(config, frame, labels, pair, loaded, out, features, print)
         seconds = time.perf_counter() - began
         test = metrics["test"]

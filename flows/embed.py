@@ -20,15 +20,6 @@ class ShardsFailed(RuntimeError):
     """Some shards could not be embedded; the others are cached and a rerun does only these."""
 
 
-def shard_entries(store: ArtifactStore, dataset: ArtifactRef) -> list[tuple[str, str]]:
-    """(shard path, sha256) of every dataset shard, from the manifest alone: a damaged shard fails
-    its own task, naming the file, while the other shards complete."""
-    manifest = store.read_manifest(dataset)
-    if manifest is None:
-        raise ShardsFailed(f"dataset {dataset.uri} is not a complete artifact")
-    return [(str(path), sha) for path, sha in dataset_shard_entries(dataset, manifest.files)]
-
-
 @flow(name="embed-shards", log_prints=True)
 def embed_shards(
     config: EmbedConfig, dataset: ArtifactRef, model: ArtifactRef, store_root: str | None = None
@@ -41,7 +32,7 @@ def embed_shards(
         shard: embed_shard.submit(
             config=config, model=model, shard=shard, shard_sha256=sha, store_root=root
         )
-        for shard, sha in shard_entries(store, dataset)
+        for shard, sha in dataset_shard_entries(store, dataset)
     }
     progress = create_progress_artifact(
         progress=0.0, key="embed-progress", description="Shards embedded (%)"
@@ -81,7 +72,7 @@ def embed(config: EmbedConfig, dataset: ArtifactRef, store_root: str | None = No
         embed_shard.complete_artifact(
             config=config, model=model, shard=shard, shard_sha256=sha, store_root=str(store.root)
         )
-        for shard, sha in shard_entries(store, dataset)
+        for shard, sha in dataset_shard_entries(store, dataset)
     ]
     if all(done):
         # Every shard is embedded already: collect them without starting a cluster.

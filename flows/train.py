@@ -9,22 +9,32 @@ from prefect import flow
 
 from penultimate.artifacts import ArtifactRef, ArtifactStore
 from penultimate.config import TrainConfig
+from penultimate.ingest import dataset_shard_entries
 from tasks.encoder import build_encoder
-from tasks.train import check_training_inputs, encode_features, train_model
+from tasks.train import (
+    check_training_inputs,
+    encode_features,
+    train_model,
+    training_features_name,
+)
 
 
 @flow(name="train", log_prints=True)
 def train(config: TrainConfig, dataset: ArtifactRef, store_root: str | None = None) -> ArtifactRef:
-    """Build or import the encoder (cached), check inputs, cache features if frozen, train and
-    evaluate."""
+    """Build or import the encoder (cached), check inputs, reuse or cache per-shard features if
+    the encoder is frozen, train and evaluate."""
     root = str(ArtifactStore(store_root).root)
     encoder = build_encoder(config=config.encoder, store_root=root)
     labels = check_training_inputs(config=config, dataset=dataset, encoder=encoder)
-    features = (
-        encode_features(config=config, dataset=dataset, encoder=encoder, store_root=root)
-        if config.uses_feature_cache
-        else None
-    )
+    features = None
+    if config.uses_feature_cache:
+        names = [training_features_name(config, encoder)]
+        features = [
+            encode_features(
+                encoder=encoder, shard=shard, shard_sha256=sha, names=names, store_root=root
+            )
+            for shard, sha in dataset_shard_entries(ArtifactStore(root), dataset)
+        ]
     return train_model(
         config=config,
         dataset=dataset,

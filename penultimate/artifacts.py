@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -45,6 +45,20 @@ class ArtifactRef(BaseModel):
         return Path(self.uri)
 
 
+class StoredRef(BaseModel):
+    """An artifact named inside its store (stage and key, no path): what manifests record, so a
+    store can be moved or mounted elsewhere."""
+
+    model_config = ConfigDict(frozen=True)
+
+    stage: str
+    key: str
+
+    @classmethod
+    def of(cls, ref: ArtifactRef) -> StoredRef:
+        return cls(stage=ref.stage, key=ref.key)
+
+
 class FileEntry(BaseModel):
     path: str
     size: int
@@ -56,11 +70,18 @@ class Manifest(BaseModel):
     key: str
     code_version: str
     config: dict[str, Any]
-    inputs: list[ArtifactRef]
+    inputs: list[StoredRef]
     files: list[FileEntry]
     metrics: dict[str, Any]
     created_at: str
     library_version: str
+
+
+class Published(NamedTuple):
+    """What `ArtifactStore.publish` returns: the artifact and the manifest it was published with."""
+
+    ref: ArtifactRef
+    manifest: Manifest
 
 
 @dataclass(frozen=True)
@@ -133,8 +154,8 @@ class ArtifactStore:
     Example:
         >>> store = ArtifactStore("/tmp/store")
         >>> write = lambda folder: {"chars": (folder / "x.txt").write_text("x")}
-        >>> ref = store.publish(Stage("demo", "1"), {"n": 1}, write)
-        >>> store.validate(ref) is not None
+        >>> ref, manifest = store.publish(Stage("demo", "1"), {"n": 1}, write)
+        >>> store.validate(ref) == manifest
         True
     """
 
@@ -145,6 +166,20 @@ class ArtifactStore:
     def ref(self, stage: Stage | str, key: str) -> ArtifactRef:
         name = stage.name if isinstance(stage, Stage) else stage
         return ArtifactRef(stage=name, key=key, uri=str(self.root / name / key))
+
+    def resolve(self, stored: StoredRef) -> ArtifactRef:
+        """The ref of an artifact a manifest names (an input), in this store."""
+        return self.ref(stored.stage, stored.key)
+
+    def relative(self, path: Path) -> str:
+        """`path` relative to the store root, as manifests record files of other artifacts (a file
+        outside the store keeps its absolute path)."""
+        resolved = Path(path).resolve()
+        return (
+            resolved.relative_to(self.root).as_posix()
+            if resolved.is_relative_to(self.root)
+            else str(resolved)
+        )
 
     def ref_for(
         self,
@@ -186,14 +221,16 @@ class ArtifactStore:
         config: BaseModel | Mapping[str, Any],
         write: Callable[[Path], Mapping[str, Any] | None],
         inputs: Iterable[ArtifactRef] = (),
-    ) -> ArtifactRef:
+        ref: ArtifactRef | None = None,
+    ) -> Published:
         """Run `write(folder)` in a staging folder, then move the folder into place atomically.
 
         `write` fills the folder and returns the metrics for the manifest. A crash or kill at any
-        point leaves either the previous artifact or the new one, never a partial one.
+        point leaves either the previous artifact or the new one, never a partial one. `ref`, when
+        the caller has computed it already, saves computing the key again.
         """
         inputs = list(inputs)
-        ref = self.ref_for(stage, config, inputs)
+        ref = ref or self.ref_for(stage, config, inputs)
         stage_dir = self.root / stage.name
         stage_dir.mkdir(parents=True, exist_ok=True)
         self._remove_abandoned(stage_dir)
@@ -206,7 +243,7 @@ class ArtifactStore:
                 key=ref.key,
                 code_version=stage.code_version,
                 config=json.loads(canonical_json(config)),
-                inputs=inputs,
+                inputs=[StoredRef.of(i) for i in inputs],
                 files=_file_entries(staging),
                 metrics=json.loads(canonical_json(metrics)),
                 created_at=datetime.now(UTC).isoformat(),
@@ -216,7 +253,7 @@ class ArtifactStore:
             self._move_into_place(staging, ref.path)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        return ref
+        return Published(ref, manifest)
 
     @staticmethod
     def _move_into_place(staging: Path, final: Path) -> None:

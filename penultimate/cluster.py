@@ -29,6 +29,7 @@ from penultimate.artifacts import ArtifactRef, ArtifactStore
 from penultimate.config import ClusterAlgorithm, ClusterConfig, Projection
 from penultimate.embed import SHARD_FILE, read_embeddings
 from penultimate.errors import InputError
+from penultimate.stages import EMBEDDING_SHARD_STAGE
 
 NOISE = -1  # hdbscan's label for points in no cluster
 # Exact agglomerative and hdbscan need memory quadratic in the points they fit on.
@@ -66,19 +67,18 @@ class EmbeddingShards:
             )
         files, rows, dims, sources = [], [], set(), []
         for shard in manifest.metrics["shards"]:
-            folder = Path(shard["uri"])
-            shard_ref = ArtifactRef(stage=folder.parent.name, key=folder.name, uri=shard["uri"])
-            shard_manifest = ArtifactStore(folder.parent.parent).validate(shard_ref)
+            shard_ref = store.ref(EMBEDDING_SHARD_STAGE, shard["key"])
+            shard_manifest = store.validate(shard_ref)
             if shard_manifest is None:
-                raise ClusterInputError(f"{shard['uri']}: embedding shard missing or damaged")
+                raise ClusterInputError(f"{shard_ref.uri}: embedding shard missing or damaged")
             if shard["rows"] == 0:
                 continue
-            file = folder / SHARD_FILE
+            file = shard_ref.path / SHARD_FILE
             dim = pq.read_schema(file).field("embedding").type.list_size
             files.append(file)
             rows.append(int(shard["rows"]))
             dims.add(dim)
-            sources.append(Path(shard_manifest.metrics["source_shard"]))
+            sources.append(store.root / shard_manifest.metrics["source_shard"])
             if len(dims) > 1:
                 raise ClusterInputError(
                     f"{file}: dimension {dim}, but earlier shards have {sorted(dims - {dim})}"

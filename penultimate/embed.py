@@ -1,5 +1,5 @@
-"""Embedding extraction: one small `Embedder` interface over a bare encoder pair or an exported
-classifier, and the per-shard unit of work (Parquet shard in, Parquet embeddings shard out).
+"""Embedding extraction: one small `Embedder` interface, served from an encoder's cached per-shard
+features (a bare encoder, or a frozen-encoder classifier's head) or an exported classifier's pass.
 """
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ import resource
 import sys
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -19,74 +20,98 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import tensorflow as tf
 
-from penultimate.config import EmbeddingChoice, EmbedPooling, EmbedSource, LayerCombine
-from penultimate.encoders.pair import EncoderPair
-from penultimate.errors import InputError
+from penultimate.artifacts import ArtifactRef, ArtifactStore, Manifest
+from penultimate.config import EmbeddingChoice, EmbedSource, Precision
 from penultimate.features import (
+    ChoiceEncoder,
     LoadedEncoder,
-    encode_texts,
-    encoder_choice_names,
-    encoder_choices,
-    length_sorted_batches,
-    load_encoder,
-    pool_tokens,
+    batched_inference,
+    ensure_shard_features,
     token_counts,
-    traced_features,
 )
-from penultimate.pooling import l2_normalize
+from penultimate.shard_features import (
+    PENULTIMATE_BLOCK,
+    ShardError,
+    choices_needed,
+    embedding_from_choices,
+    encoder_choice_names,
+    frozen_classifier_parts,
+    l2_normalize,
+    read_features,
+    read_shard,
+)
+from penultimate.stages import EMBEDDING_SHARD_STAGE
 
 SHARD_FILE = "embeddings.parquet"
 PASSTHROUGH = ("label", "split")
+__all__ = ["ShardError", "read_shard"]
 
 
-class ShardError(InputError):
-    """A shard that cannot be embedded; the message names the file."""
+@dataclass
+class ShardVectors:
+    """One shard's embeddings: `vectors` float32 [rows, dim] and `tokens` int32 [rows] (with [CLS]
+    and [SEP], before truncation), how many texts went through an encoder for them, and the key of
+    the features artifact they were made from (None: the exported model's own pass)."""
+
+    vectors: np.ndarray
+    tokens: np.ndarray
+    encoded_texts: int
+    features: str | None
 
 
 class Embedder(Protocol):
-    """Texts in, one float32 vector per text out: `embed(texts) -> [len(texts), dim]`.
+    """A dataset shard's rows in, one float32 vector per row out: `embed_shard(frame, shard,
+    shard_sha256)` with `frame` the rows to embed (`id`, `text`) of the shard file `shard`.
 
-    `preprocessor` is the TF-Hub-format preprocessor the embedder tokenizes with, `seq_length`
-    the most tokens it keeps of a text.
-    `choice_blocks` names, for `source: all_choices`, the side-by-side blocks each vector is made
-    of, in order, as `{"name": "layer_3_mean", "dim": 384}`; None for a single choice.
+    `seq_length` is the most tokens it keeps of a text. `choice_blocks` names, for `source:
+    all_choices`, the side-by-side blocks each vector is made of, in order, as
+    `{"name": "layer_3_mean", "dim": 384}`; None for a single choice.
     """
 
-    preprocessor: Any
     seq_length: int
     choice_blocks: list[dict[str, Any]] | None
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray: ...
+    def embed_shard(self, frame: pl.DataFrame, shard: Path, shard_sha256: str) -> ShardVectors: ...
 
 
-def _pool(states: tf.Tensor, mask: tf.Tensor, pooling: str) -> tf.Tensor:
-    if pooling == EmbedPooling.mean_max:
-        return tf.concat([pool_tokens(states, mask, "mean"), pool_tokens(states, mask, "max")], -1)
-    return pool_tokens(states, mask, pooling)
+def _in_chunks(
+    run: Callable[[np.ndarray], Any], matrix: np.ndarray, rows: int = 4096
+) -> np.ndarray:
+    return np.concatenate(
+        [np.asarray(run(matrix[i : i + rows])) for i in range(0, len(matrix), rows)]
+    )
 
 
-def concat_choices(choices: Mapping[str, tf.Tensor], normalize: bool) -> tf.Tensor:
-    """Named [batch, dim] vectors side by side, each L2-normalised on its own if `normalize`, so a
-    block equals the vector its single choice would give."""
-    return tf.concat([l2_normalize(v) if normalize else v for v in choices.values()], axis=-1)
+class ClassifierHead:
+    """A frozen-encoder classifier after its pooling: pooled encoder features [n, hidden] ->
+    penultimate features [n, dim] (hidden layers, every dropout off), as its export computes them.
 
+    Args:
+        model: the model artifact.
+        input_name: the (layer, pooling) vector the classifier pools, e.g. `layer_5_mean`.
+    """
 
-def choice_blocks(choices: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """`{"name", "dim"}` per named vector (tensor or TensorSpec), in order."""
-    return [{"name": name, "dim": int(v.shape[-1])} for name, v in choices.items()]
+    def __init__(self, model: ArtifactRef, input_name: str) -> None:
+        from penultimate.train import TrainedClassifier
 
+        classifier = TrainedClassifier.load(model.path).model
+        self.input_name = input_name
+        hidden = classifier.train_config.hidden
+        self.dim = hidden[-1].units if hidden else None
 
-def combine_layers(vectors: Sequence[tf.Tensor], combine: str) -> tf.Tensor:
-    """Several [batch, dim] vectors -> one: their mean, or their concatenation (in order)."""
-    if len(vectors) == 1:
-        return vectors[0]
-    if combine == LayerCombine.mean:
-        return tf.add_n(list(vectors)) / float(len(vectors))
-    return tf.concat(list(vectors), axis=-1)
+        @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32)])
+        def run(features: tf.Tensor) -> tf.Tensor:
+            return classifier.penultimate(features, False)
+
+        self._run = run
+
+    def __call__(self, features: np.ndarray) -> np.ndarray:
+        return _in_chunks(self._run, features).astype(np.float32)
 
 
 class EncoderEmbedder:
-    """Embeddings from a TF-Hub-format encoder pair: chosen layers, pooled, combined.
+    """Embeddings from a bare encoder pair, texts in, vectors out, with no store: the library's
+    text-level embedder (`FeatureEmbedder` is the one that caches per shard).
 
     Args:
         loaded: the preprocessor and encoder, loaded once.
@@ -103,36 +128,106 @@ class EncoderEmbedder:
         if choice.source == EmbedSource.penultimate:
             raise ValueError("a bare encoder has no penultimate features; use source: encoder")
         choice.check_layers(loaded.info.num_layers)
-        self.loaded, self.choice, self.batch_size = loaded, choice, batch_size
-        self.preprocessor = loaded.preprocessor
+        self.choice, self.batch_size = choice, batch_size
+        self.num_layers = loaded.info.num_layers
         self.seq_length = loaded.info.seq_length
+        self.names = choices_needed(choice, self.num_layers)
         self.choice_blocks = None
         if choice.source == EmbedSource.all_choices:
-            inputs = loaded.tokenize([""])
-            outputs = loaded.inference(choice.precision)(inputs)
-            self.choice_blocks = choice_blocks(encoder_choices(outputs, inputs["input_mask"]))
-        self._run = traced_features(loaded, self._vectors, choice.precision)
+            dim = loaded.info.hidden_size
+            self.choice_blocks = [{"name": n, "dim": dim} for n in self.names]
+        self.encoder = ChoiceEncoder(loaded, self.names, choice.precision)
+        self._run = self.encoder.run
         self.embed([""])  # traces and optimises the graph now: a shard's rate is embedding only
 
-    def _vectors(self, outputs: Mapping[str, Any], mask: tf.Tensor) -> tf.Tensor:
-        choice = self.choice
-        if choice.source == EmbedSource.all_choices:
-            return concat_choices(encoder_choices(outputs, mask), choice.normalize)
-        if choice.pooling == EmbedPooling.pooled:
-            vector = outputs["pooled_output"]
-        else:
-            layers = outputs["encoder_outputs"]
-            vector = combine_layers(
-                [_pool(layers[i], mask, choice.pooling) for i in choice.layers], choice.combine
-            )
-        return l2_normalize(vector) if choice.normalize else vector
+    def embed_with_tokens(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The embeddings [n, dim] and token counts [n] of `texts`."""
+        vectors, tokens = self.encoder.encode(texts, self.batch_size)
+        return embedding_from_choices(self.choice, vectors, self.num_layers), tokens
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        return encode_texts(self.loaded, texts, self._run, self.batch_size)
+        return self.embed_with_tokens(texts)[0]
+
+    def embed_shard(self, frame: pl.DataFrame, shard: Path, shard_sha256: str) -> ShardVectors:
+        vectors, tokens = self.embed_with_tokens(frame["text"].to_list())
+        return ShardVectors(vectors, tokens, frame.height, None)
+
+
+class FeatureEmbedder:
+    """Embeddings made from an encoder's per-shard features artifacts: each shard's features are
+    read from the store, or computed once and published there (see `ensure_shard_features`).
+
+    Args:
+        store: the store holding `encoder` (and where new features artifacts go).
+        encoder: the encoder artifact.
+        choice: the embedding; `penultimate` (and the penultimate block of `all_choices`) needs
+            `head`.
+        batch_size: texts per encoder call when features have to be computed.
+        head: a frozen-encoder classifier's head, for its penultimate features.
+
+    Example:
+        >>> embedder = FeatureEmbedder(store, encoder_ref, EmbeddingChoice(layers=[-2]))
+        >>> embedder.embed_shard(frame, shard, sha256).vectors.shape  # (rows, 384)
+    """
+
+    def __init__(
+        self,
+        store: ArtifactStore,
+        encoder: ArtifactRef,
+        choice: EmbeddingChoice,
+        batch_size: int = 64,
+        head: ClassifierHead | None = None,
+    ) -> None:
+        manifest = store.read_manifest(encoder)
+        if manifest is None:
+            raise ShardError(f"{encoder.uri}: not a complete encoder artifact")
+        self.num_layers = int(manifest.metrics["num_layers"])
+        self.seq_length = int(manifest.metrics["seq_length"])
+        hidden_size = int(manifest.metrics["hidden_size"])
+        choice.check_layers(self.num_layers)
+        wants_head = choice.source in (EmbedSource.penultimate, EmbedSource.all_choices)
+        if choice.source == EmbedSource.penultimate and head is None:
+            raise ValueError("a bare encoder has no penultimate features; use source: encoder")
+        self.store, self.encoder, self.choice, self.batch_size = store, encoder, choice, batch_size
+        self.head = head if wants_head else None
+        self.names = choices_needed(choice, self.num_layers)
+        self.feature_names = sorted(
+            set(self.names) | ({self.head.input_name} if self.head else set())
+        )
+        self.choice_blocks = None
+        if choice.source == EmbedSource.all_choices:
+            self.choice_blocks = [{"name": n, "dim": hidden_size} for n in self.names]
+            if self.head is not None:
+                dim = self.head.dim or hidden_size
+                self.choice_blocks.append({"name": PENULTIMATE_BLOCK, "dim": dim})
+
+    def embed_shard(self, frame: pl.DataFrame, shard: Path, shard_sha256: str) -> ShardVectors:
+        ref, encoded = ensure_shard_features(
+            self.store,
+            self.encoder,
+            shard,
+            shard_sha256,
+            self.feature_names,
+            self.choice.precision,
+            self.batch_size,
+        )
+        tokens, features = read_features(ref, self.feature_names, frame["id"])
+        if self.choice.source == EmbedSource.penultimate:
+            assert self.head is not None
+            vectors = self.head(features[self.head.input_name])
+            vectors = l2_normalize(vectors) if self.choice.normalize else vectors
+        else:
+            named = {name: features[name] for name in self.names}
+            if self.head is not None:
+                named[PENULTIMATE_BLOCK] = self.head(features[self.head.input_name])
+            vectors = embedding_from_choices(self.choice, named, self.num_layers)
+        return ShardVectors(vectors, tokens, encoded, ref.key)
 
 
 class ExportedEmbedder:
-    """Embeddings from an exported classifier SavedModel (`embed` and `encode` signatures)."""
+    """Embeddings from an exported classifier SavedModel's own pass (`embed` and `encode`
+    signatures): for a classifier whose encoder trained, or one whose encoder artifact is not in
+    the store."""
 
     def __init__(self, saved_model: str | Path, choice: EmbeddingChoice, batch_size: int = 64):
         import tensorflow_text  # noqa: F401  (registers the preprocessor's ops)
@@ -144,62 +239,41 @@ class ExportedEmbedder:
         encode_outputs = self.model.signatures["encode"].structured_outputs
         self.num_layers = sum(1 for k in encode_outputs if k.endswith("_cls"))
         choice.check_layers(self.num_layers)
+        self.names = choices_needed(choice, self.num_layers)
         self.choice_blocks = None
         if choice.source == EmbedSource.all_choices:
-            names = [*encoder_choice_names(self.num_layers), "penultimate"]
-            self.choice_blocks = choice_blocks({name: encode_outputs[name] for name in names})
-        self.embed([""])  # optimises the signature's graph now: a shard's rate is embedding only
+            self.names = [*encoder_choice_names(self.num_layers), PENULTIMATE_BLOCK]
+            self.choice_blocks = [
+                {"name": name, "dim": int(encode_outputs[name].shape[-1])} for name in self.names
+            ]
 
-    def _vectors(self, texts: tf.Tensor) -> tf.Tensor:
-        choice = self.choice
-        if choice.source == EmbedSource.all_choices:
-            # One encoder pass serves every layer, pooling and the penultimate features.
-            choices = self.model.signatures["encode"](text=texts)
-            names = [*encoder_choice_names(self.num_layers), "penultimate"]
-            return concat_choices({name: choices[name] for name in names}, choice.normalize)
-        if choice.source == EmbedSource.penultimate:
-            vector = self.model.signatures["embed"](text=texts)["embedding"]
+    def _run_batch(self, texts: list[str]) -> dict[str, Any]:
+        batch = tf.constant(texts)
+        counts = token_counts(self.preprocessor.tokenize(batch)) + 2  # plus [CLS] and [SEP]
+        if self.choice.source == EmbedSource.penultimate:
+            outputs = {"embedding": self.model.signatures["embed"](text=batch)["embedding"]}
         else:
-            encoded = self.model.signatures["encode"](text=texts)
-            if choice.pooling == EmbedPooling.pooled:
-                vector = encoded["pooled"]
-            else:
-                poolings = (
-                    ("mean", "max")
-                    if choice.pooling == EmbedPooling.mean_max
-                    else (str(choice.pooling),)
-                )
-                per_layer = [
-                    tf.concat([encoded[f"layer_{i % self.num_layers}_{p}"] for p in poolings], -1)
-                    for i in choice.layers  # checked in range; % turns -1 into the last layer
-                ]
-                vector = combine_layers(per_layer, choice.combine)
-        return l2_normalize(vector) if choice.normalize else vector
+            encoded = self.model.signatures["encode"](text=batch)
+            outputs = {name: encoded[name] for name in self.names}
+        return {**outputs, "tokens": counts}
+
+    def embed_with_tokens(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The embeddings [n, dim] and token counts [n] of `texts`."""
+        results = batched_inference(texts, self._run_batch, self.batch_size)
+        tokens = results.pop("tokens").astype(np.int32)
+        if self.choice.source == EmbedSource.penultimate:
+            vectors = results["embedding"]
+            vectors = l2_normalize(vectors) if self.choice.normalize else vectors
+        else:
+            vectors = embedding_from_choices(self.choice, results, self.num_layers)
+        return vectors, tokens
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        result: np.ndarray | None = None
-        for index in length_sorted_batches([len(t) for t in texts], self.batch_size):
-            vectors = self._vectors(tf.constant([texts[i] for i in index])).numpy()
-            if result is None:
-                result = np.empty((len(texts), vectors.shape[1]), np.float32)
-            result[index] = vectors
-        if result is None:
-            raise ValueError("no texts to embed")
-        return result
+        return self.embed_with_tokens(texts)[0]
 
-
-def read_shard(shard: Path, splits: Sequence[str] | None) -> pl.DataFrame:
-    """A dataset shard's rows to embed, checked; errors name the file."""
-    try:
-        frame = pl.read_parquet(shard)
-    except Exception as error:
-        raise ShardError(f"{shard}: cannot read as Parquet: {error}") from None
-    missing = [c for c in ("id", "text") if c not in frame.columns]
-    if missing:
-        raise ShardError(f"{shard}: column(s) {missing} missing; it has {frame.columns}")
-    if splits is not None and "split" in frame.columns:
-        frame = frame.filter(pl.col("split").is_in(list(splits)))
-    return frame.with_columns(pl.col("text").fill_null(""))
+    def embed_shard(self, frame: pl.DataFrame, shard: Path, shard_sha256: str) -> ShardVectors:
+        vectors, tokens = self.embed_with_tokens(frame["text"].to_list())
+        return ShardVectors(vectors, tokens, frame.height, None)
 
 
 def embeddings_table(frame: pl.DataFrame, vectors: np.ndarray, dtype: str) -> pa.Table:
@@ -216,46 +290,35 @@ def embeddings_table(frame: pl.DataFrame, vectors: np.ndarray, dtype: str) -> pa
     return pa.table(columns)
 
 
-def count_truncated(
-    preprocessor: Any, texts: Sequence[str], seq_length: int, batch_size: int = 256
-) -> int:
-    """How many texts are longer than `seq_length` tokens with [CLS] and [SEP] (and so get cut)."""
-    total = 0
-    for start in range(0, len(texts), batch_size):
-        tokens = preprocessor.tokenize(tf.constant(list(texts[start : start + batch_size])))
-        lengths = token_counts(tokens) + 2  # plus [CLS] and [SEP]
-        total += int(tf.reduce_sum(tf.cast(lengths > seq_length, tf.int32)))
-    return total
-
-
 def extract_shard_embeddings(
     embedder: Embedder,
     shard: Path,
+    shard_sha256: str,
     out: Path,
     choice: EmbeddingChoice,
     splits: Sequence[str] | None,
 ) -> dict[str, Any]:
     """Embed one dataset shard into `out` (written atomically); returns rows, dim, truncated
-    texts, throughput and, for `all_choices`, the blocks of each vector."""
+    texts, texts through an encoder, the features artifact used, throughput and, for
+    `all_choices`, the blocks of each vector."""
     frame = read_shard(shard, splits)
     started = time.perf_counter()
     if frame.height == 0:
-        vectors = np.zeros((0, 0), np.float32)
+        result = ShardVectors(np.zeros((0, 0), np.float32), np.zeros(0, np.int32), 0, None)
         table = pa.table({"id": pa.array([], pa.string())})
-        truncated = 0
     else:
-        texts = frame["text"].to_list()
-        vectors = embedder.embed(texts)
-        table = embeddings_table(frame, vectors, str(choice.dtype))
-        truncated = count_truncated(embedder.preprocessor, texts, embedder.seq_length)
+        result = embedder.embed_shard(frame, shard, shard_sha256)
+        table = embeddings_table(frame, result.vectors, str(choice.dtype))
     seconds = time.perf_counter() - started
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
     pq.write_table(table, tmp, compression="zstd")
     tmp.replace(out)
     return {
         "rows": frame.height,
-        "dim": int(vectors.shape[1]),
-        "truncated": truncated,
+        "dim": int(result.vectors.shape[1]),
+        "truncated": int((result.tokens > embedder.seq_length).sum()),
+        "encoded_texts": result.encoded_texts,
+        "features": result.features,
         "texts_per_s": round(frame.height / seconds, 1) if seconds > 0 else 0.0,
         "choice_blocks": embedder.choice_blocks,
     }
@@ -296,14 +359,28 @@ def limit_tensorflow_threads(threads: int) -> None:
 def load_embedder(
     model_stage: str, model_uri: str, choice_json: str, batch_size: int, tf_threads: int
 ) -> Embedder:
-    """The embedder for a model artifact, loaded once per process (per Dask worker) and reused."""
+    """The embedder for a model artifact, loaded once per process (per Dask worker) and reused:
+    from cached encoder features for an encoder or a frozen-encoder classifier's export, else
+    from the exported model's own pass."""
     limit_tensorflow_threads(tf_threads)
     choice = EmbeddingChoice.model_validate_json(choice_json)
-    if model_stage == "export":
+    model = ArtifactRef(stage=model_stage, key=Path(model_uri).name, uri=model_uri)
+    store = ArtifactStore(Path(model_uri).parent.parent)
+    if model_stage != "export":
+        return FeatureEmbedder(store, model, choice, batch_size)
+    frozen = frozen_classifier_parts(store, model)
+    if frozen is None or choice.precision != Precision.float32:
         return ExportedEmbedder(Path(model_uri) / "saved_model", choice, batch_size)
-    return EncoderEmbedder(load_encoder(EncoderPair(Path(model_uri))), choice, batch_size)
+    classifier, encoder, input_name = frozen
+    needs_head = choice.source in (EmbedSource.penultimate, EmbedSource.all_choices)
+    head = ClassifierHead(classifier, input_name) if needs_head else None
+    return FeatureEmbedder(store, encoder, choice, batch_size, head)
 
 
-def embedding_shard_files(shard_uris: Sequence[str]) -> list[Path]:
-    """The Parquet files of an embeddings artifact's shards (its manifest lists their URIs)."""
-    return [Path(uri) / SHARD_FILE for uri in shard_uris]
+def embedding_shard_files(embeddings: ArtifactRef, manifest: Manifest) -> list[Path]:
+    """The Parquet files of an embeddings artifact's shards (its manifest names them by key)."""
+    root = embeddings.path.parent.parent
+    return [
+        root / EMBEDDING_SHARD_STAGE.name / s["key"] / SHARD_FILE
+        for s in manifest.metrics["shards"]
+    ]

@@ -38,11 +38,29 @@ def main(saved_dir: str, expected_file: str, report_file: str) -> None:
     diffs["encode_penultimate"] = float(np.abs(encode["penultimate"].numpy() - served).max())
     report = {
         "max_abs_diff": diffs,
+        "signatures": describe_signatures(model),
         "predict_mc_shape": mc["mean"].shape.as_list(),
         "encode_outputs": sorted(encode),
     }
     with open(report_file, "w") as handle:
         json.dump(report, handle)
+
+
+def describe_signatures(model: tf.Module) -> dict:
+    """Every signature's inputs and outputs as [dtype, shape]."""
+    return {
+        name: {
+            "inputs": {
+                key: [str(spec.dtype.name), spec.shape.as_list()]
+                for key, spec in function.structured_input_signature[1].items()
+            },
+            "outputs": {
+                key: [str(spec.dtype.name), spec.shape.as_list()]
+                for key, spec in function.structured_outputs.items()
+            },
+        }
+        for name, function in model.signatures.items()
+    }
 
 
 if __name__ == "__main__":

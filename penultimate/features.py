@@ -1,41 +1,57 @@
-"""Encoder features: pick a layer and a pooling of a TF-Hub BERT encoder's outputs, and encode many
-texts fast (sorted by length, each batch padded only to its own longest text).
+"""Encoder features: pick layers and poolings of a TF-Hub BERT encoder's outputs, encode many texts
+fast (sorted by length, each batch padded only to its own longest text), cache them per shard.
 """
 
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
+from penultimate.artifacts import ArtifactRef, ArtifactStore
 from penultimate.config import Pooling, Precision
 from penultimate.encoders.pair import EncoderInfo, EncoderPair
 from penultimate.errors import InputError
 from penultimate.pooling import cls_token, masked_max, masked_mean
+from penultimate.shard_features import (
+    FEATURES_FILE,
+    TOKENS_COLUMN,
+    covering_features,
+    encoder_choice_names,
+    every_choice_features,
+    features_key,
+    read_features,
+    read_shard,
+    write_features,
+)
+from penultimate.stages import FEATURES_STAGE
 
-TOKEN_POOLINGS = ("cls", "mean", "max")
 
-
-def encoder_choice_names(num_layers: int) -> list[str]:
-    """Every (layer, pooling) choice of an encoder with `num_layers` layers, named as the exported
-    `encode` signature names its outputs: `layer_<i>_<pooling>` per layer and token pooling, then
-    `pooled` (the pooler output)."""
-    return [f"layer_{i}_{p}" for i in range(num_layers) for p in TOKEN_POOLINGS] + ["pooled"]
+def selected_choices(
+    outputs: Mapping[str, Any], mask: tf.Tensor, names: Sequence[str]
+) -> dict[str, tf.Tensor]:
+    """The named vectors (`layer_<i>_<pooling>` or `pooled`, see `encoder_choice_names`) of one
+    encoder pass."""
+    chosen = {}
+    for name in names:
+        if name == "pooled":
+            chosen[name] = outputs["pooled_output"]
+        else:
+            _, layer, pooling = name.split("_")
+            chosen[name] = pool_tokens(outputs["encoder_outputs"][int(layer)], mask, pooling)
+    return chosen
 
 
 def encoder_choices(outputs: Mapping[str, Any], mask: tf.Tensor) -> dict[str, tf.Tensor]:
     """Every vector `encoder_choice_names` names, from one encoder pass."""
-    choices = {
-        f"layer_{i}_{p}": pool_tokens(states, mask, p)
-        for i, states in enumerate(outputs["encoder_outputs"])
-        for p in TOKEN_POOLINGS
-    }
-    choices["pooled"] = outputs["pooled_output"]
-    return choices
+    names = encoder_choice_names(len(outputs["encoder_outputs"]))
+    return selected_choices(outputs, mask, names)
 
 
 def select_layer(outputs: Mapping[str, Any], layer: int) -> tf.Tensor:
@@ -73,14 +89,24 @@ def token_counts(tokens: tf.RaggedTensor) -> tf.Tensor:
     return flat.row_lengths()
 
 
-def pack_to_longest(preprocessor: Any, texts: tf.Tensor, seq_length: int) -> dict[str, tf.Tensor]:
+def pack_counted(
+    preprocessor: Any, texts: tf.Tensor, seq_length: int
+) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
     """Encoder inputs for [batch] strings, padded only to the batch's longest row (at most
     `seq_length`), through the standard TF-Hub preprocessor interface: `tokenize`, then
-    `bert_pack_inputs` at that length. Works for any TF-Hub BERT preprocessor."""
+    `bert_pack_inputs` at that length; and each text's tokens with [CLS] and [SEP] before
+    truncation (int32 [batch]). Works for any TF-Hub BERT preprocessor."""
     tokens = preprocessor.tokenize(texts)
-    # [CLS] + tokens + [SEP]; the maximum with 0 gives an empty batch a valid length too.
-    longest = tf.cast(tf.maximum(tf.reduce_max(token_counts(tokens)), 0), tf.int32) + 2
-    return preprocessor.bert_pack_inputs([tokens], seq_length=tf.minimum(longest, seq_length))
+    counts = tf.cast(token_counts(tokens), tf.int32) + 2  # plus [CLS] and [SEP]
+    # The maximum with 2 gives an empty batch a valid length too.
+    longest = tf.maximum(tf.reduce_max(counts), 2)
+    inputs = preprocessor.bert_pack_inputs([tokens], seq_length=tf.minimum(longest, seq_length))
+    return inputs, counts
+
+
+def pack_to_longest(preprocessor: Any, texts: tf.Tensor, seq_length: int) -> dict[str, tf.Tensor]:
+    """The encoder inputs of `pack_counted`."""
+    return pack_counted(preprocessor, texts, seq_length)[0]
 
 
 @dataclass
@@ -139,45 +165,140 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[np.nd
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def traced_features(
-    loaded: LoadedEncoder,
-    features: Callable[[Mapping[str, Any], tf.Tensor], tf.Tensor],
-    precision: Precision = Precision.float32,
-) -> Callable[[dict[str, tf.Tensor]], tf.Tensor]:
-    """`features(encoder_outputs, input_mask)` as one graph for every batch shape.
+def batched_inference(
+    texts: Sequence[str],
+    run_batch: Callable[[list[str]], Mapping[str, Any]],
+    batch_size: int,
+) -> dict[str, np.ndarray]:
+    """`run_batch` (a batch of texts -> named arrays [batch, ...]) over length-sorted batches of
+    `texts`, every output put back in input order as [len(texts), ...]; the one inference loop of
+    encoders, exported models and classifiers."""
+    if not texts:
+        raise ValueError("no texts to run")
+    # Character length orders texts well enough for batching; exact token counts would cost a pass.
+    results: dict[str, np.ndarray] = {}
+    for index in length_sorted_batches([len(t) for t in texts], batch_size):
+        for name, value in run_batch([texts[i] for i in index]).items():
+            array = np.asarray(value)
+            if name not in results:
+                results[name] = np.empty((len(texts), *array.shape[1:]), array.dtype)
+            results[name][index] = array
+    return results
 
-    Build it once per embedder and reuse it: a trace costs about a second, and a fresh
-    `tf.function` per call (per shard) would pay it again each time.
+
+class ChoiceEncoder:
+    """Texts -> named (layer, pooling) vectors and token counts, one traced graph for every batch
+    shape (a trace costs about a second: build one per process and reuse it, see
+    `choice_encoder`).
+
+    Args:
+        loaded: the preprocessor and encoder.
+        names: the vectors to compute (see `encoder_choice_names`).
+        precision: the encoder's matmul precision.
+
+    Example:
+        >>> vectors, tokens = choice_encoder(pair, ("layer_5_mean",)).encode(["a text", "more"])
+        >>> vectors["layer_5_mean"].shape, tokens  # (2, 384), [4, 3]
     """
-    encoder = loaded.inference(precision)
-    spec = {
-        name: tf.TensorSpec([None, None], tf.int32, name=name)
-        for name in ("input_word_ids", "input_mask", "input_type_ids")
+
+    def __init__(
+        self, loaded: LoadedEncoder, names: Sequence[str], precision: Precision = Precision.float32
+    ) -> None:
+        self.loaded, self.names = loaded, list(names)
+        encoder = loaded.inference(precision)
+        seq_length = loaded.info.seq_length
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+        def run(texts: tf.Tensor) -> dict[str, tf.Tensor]:
+            inputs, counts = pack_counted(loaded.preprocessor, texts, seq_length)
+            vectors = selected_choices(encoder(inputs), inputs["input_mask"], self.names)
+            return {**vectors, TOKENS_COLUMN: counts}
+
+        self.run = run
+
+    def encode(
+        self, texts: Sequence[str], batch_size: int = 64
+    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """The named vectors (float32 [n, dim] each) and token counts (int32 [n]) of `texts`."""
+        if not texts:
+            empty = {k: v.numpy()[:0] for k, v in self.run(tf.constant([""])).items()}
+            tokens = empty.pop(TOKENS_COLUMN)
+            return empty, tokens
+        results = batched_inference(texts, lambda batch: self.run(tf.constant(batch)), batch_size)
+        tokens = results.pop(TOKENS_COLUMN)
+        return results, tokens
+
+
+@functools.lru_cache(maxsize=8)
+def choice_encoder(
+    pair: EncoderPair, names: tuple[str, ...], precision: Precision = Precision.float32
+) -> ChoiceEncoder:
+    """The `ChoiceEncoder` of an encoder artifact, names and precision, built once per process."""
+    return ChoiceEncoder(load_encoder(pair), names, precision)
+
+
+def fill_shard_features(
+    out: Path,
+    store: ArtifactStore,
+    encoder: ArtifactRef,
+    shard: Path,
+    shard_sha256: str,
+    names: Sequence[str],
+    precision: Precision = Precision.float32,
+    batch_size: int = 64,
+) -> dict[str, Any]:
+    """Write the `names` features of every row of a dataset shard into `out` (a features
+    artifact's staging folder) and return its metrics: the columns of the shard's every-choice
+    artifact when the store has one (no encoder pass), else one encoder pass."""
+    pair = EncoderPair(encoder.path)
+    info = pair.read_info()
+    started = time.perf_counter()
+    frame = read_shard(shard)
+    every = every_choice_features(store, encoder, shard_sha256, str(precision))
+    if every is not None:
+        tokens, vectors = read_features(every, names)
+        encoded, copied_from = 0, every.key
+    else:
+        encoder_pass = choice_encoder(pair, tuple(names), precision)
+        vectors, tokens = encoder_pass.encode(frame["text"].to_list(), batch_size)
+        encoded, copied_from = frame.height, None
+    seconds = time.perf_counter() - started
+    write_features(out / FEATURES_FILE, frame["id"], tokens, vectors)
+    return {
+        "rows": frame.height,
+        "encoded_texts": encoded,
+        "copied_from": copied_from,
+        "choices": list(names),
+        "seq_length": info.seq_length,
+        "truncated": int((tokens > info.seq_length).sum()),
+        "texts_per_s": round(frame.height / seconds, 1) if seconds > 0 else 0.0,
+        "source_shard": store.relative(shard),
     }
 
-    @tf.function(input_signature=[spec])
-    def run(inputs: dict[str, tf.Tensor]) -> tf.Tensor:
-        return features(encoder(inputs), inputs["input_mask"])
 
-    return run
-
-
-def encode_texts(
-    loaded: LoadedEncoder,
-    texts: Sequence[str],
-    run: Callable[[dict[str, tf.Tensor]], tf.Tensor],
+def ensure_shard_features(
+    store: ArtifactStore,
+    encoder: ArtifactRef,
+    shard: Path,
+    shard_sha256: str,
+    names: Sequence[str],
+    precision: Precision = Precision.float32,
     batch_size: int = 64,
-) -> np.ndarray:
-    """`run` (see `traced_features`) over every text, in input order, as float32 [n, dim]."""
-    if not texts:
-        raise ValueError("no texts to encode")
-    # Character length orders texts well enough for batching; exact token counts would cost a pass.
-    batches = length_sorted_batches([len(t) for t in texts], batch_size)
-    result: np.ndarray | None = None
-    for index in batches:
-        vectors = run(loaded.tokenize([texts[i] for i in index])).numpy()
-        if result is None:
-            result = np.empty((len(texts), vectors.shape[1]), np.float32)
-        result[index] = vectors
-    assert result is not None
-    return result
+) -> tuple[ArtifactRef, int]:
+    """A complete features artifact of `encoder` holding `names` for every row of a dataset
+    shard, and how many texts went through the encoder for it: 0 when the store had one (see
+    `covering_features`), else the shard's rows, encoded once and published."""
+    num_layers = EncoderPair(encoder.path).read_info().num_layers
+    found = covering_features(store, encoder, shard_sha256, names, str(precision), num_layers)
+    if found is not None:
+        return found, 0
+    key = features_key(names, shard_sha256, str(precision), num_layers)
+    ref, manifest = store.publish(
+        FEATURES_STAGE,
+        key,
+        lambda out: fill_shard_features(
+            out, store, encoder, shard, shard_sha256, names, precision, batch_size
+        ),
+        [encoder],
+    )
+    return ref, int(manifest.metrics["encoded_texts"])

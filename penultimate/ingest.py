@@ -12,7 +12,7 @@ from typing import Any
 import fsspec
 import polars as pl
 
-from penultimate.artifacts import ArtifactRef
+from penultimate.artifacts import ArtifactRef, ArtifactStore
 from penultimate.config import EmptyTextPolicy, FileFormat, IngestConfig, TextFormat
 from penultimate.email_text import email_to_text
 from penultimate.errors import InputError
@@ -255,10 +255,25 @@ def read_dataset(ref: ArtifactRef, split: str | None = None) -> pl.DataFrame:
     return frame if split is None else frame.filter(pl.col("split") == split)
 
 
-def dataset_shard_entries(ref: ArtifactRef, manifest_files: list[Any]) -> list[tuple[Path, str]]:
-    """(path, sha256) of each shard of a dataset artifact, from its manifest, in order."""
+def dataset_shard_entries(store: ArtifactStore, dataset: ArtifactRef) -> list[tuple[str, str]]:
+    """(path, sha256) of each shard of a dataset artifact, in order, from its manifest alone: a
+    damaged shard fails the task that reads it, naming the file, while the other shards go on."""
+    manifest = store.read_manifest(dataset)
+    if manifest is None:
+        raise InputError(f"dataset {dataset.uri} is not a complete artifact")
     return [
-        (ref.path / entry.path, entry.sha256)
-        for entry in manifest_files
+        (str(dataset.path / entry.path), entry.sha256)
+        for entry in manifest.files
         if entry.path.startswith(f"{DATA_DIR}/")
     ]
+
+
+def held_out_texts(ref: ArtifactRef, count: int) -> list[str]:
+    """The first `count` texts outside the train split, reading only as many shards as needed."""
+    texts: list[str] = []
+    for shard in dataset_shards(ref):
+        frame = pl.read_parquet(shard, columns=["text", "split"])
+        texts += frame.filter(pl.col("split") != "train")["text"].head(count - len(texts)).to_list()
+        if len(texts) >= count:
+            break
+    return texts

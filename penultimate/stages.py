@@ -15,14 +15,18 @@ DATASET_STAGE = Stage("dataset", "1")
 # 4: `encoder.json`; TF-Hub pairs imported too; the built-in preprocessor has the whole standard
 #    interface (`tokenize.get_special_tokens_dict`, `bert_pack_inputs` for ragged rank 1 and 2).
 ENCODER_STAGE = Stage("encoder", "4")
-FEATURES_STAGE = Stage("features", "1")
+# 2: one artifact per dataset shard and encoder, named vectors as Parquet columns plus token counts.
+FEATURES_STAGE = Stage("features", "2")
 # 2: classifier.json names its encoder artifact by key.
-MODEL_STAGE = Stage("model", "2")
+# 3: trained on per-shard features artifacts (named in the metrics, not in the key).
+MODEL_STAGE = Stage("model", "3")
 # 2: `encode` also returns `penultimate`, so every choice comes from one encoder pass.
 # 3: inputs packed through the standard `tokenize` + `bert_pack_inputs` (any TF-Hub preprocessor);
 #    `seq_length` kept as a variable.
 EXPORT_STAGE = Stage("export", "3")
-EMBEDDING_SHARD_STAGE = Stage("embedding-shard", "1")
-EMBEDDINGS_STAGE = Stage("embeddings", "1")
+# 2: made from features artifacts where the store has them; metrics count the texts encoded.
+EMBEDDING_SHARD_STAGE = Stage("embedding-shard", "2")
+# 2: shards named by key, relative to the store.
+EMBEDDINGS_STAGE = Stage("embeddings", "2")
 CLUSTERS_STAGE = Stage("clusters", "1")
 PROBE_STAGE = Stage("probe", "1")

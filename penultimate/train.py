@@ -1,5 +1,5 @@
 """Training: validate a TrainConfig against its dataset and encoder, train the classifier (on cached
-encoder features when the encoder cannot change, else end to end), evaluate, and save the model.
+per-shard encoder features when the encoder cannot change, else end to end), evaluate, and save.
 """
 
 from __future__ import annotations
@@ -29,12 +29,11 @@ from penultimate.errors import InputError
 from penultimate.evaluation import classification_metrics, plot_confusion_matrix
 from penultimate.features import (
     LoadedEncoder,
-    encode_texts,
+    batched_inference,
     length_sorted_batches,
     load_encoder,
-    pool_encoder_outputs,
-    traced_features,
 )
+from penultimate.shard_features import FEATURES_FILE, read_features
 from penultimate.stages import ENCODER_STAGE
 
 CLASSIFIER_FILE = "classifier.json"
@@ -110,22 +109,24 @@ def _width_at(at: str, config: TrainConfig, encoder: EncoderInfo) -> int:
     return encoder.hidden_size
 
 
-def compute_features(
-    loaded: LoadedEncoder, frame: pl.DataFrame, config: TrainConfig, out: Path, batch_size: int = 64
-) -> dict[str, Any]:
-    """Pooled encoder features per split as `<split>.npy` (row order = dataset order)."""
-    rows = {}
-    run = traced_features(
-        loaded, lambda o, m: pool_encoder_outputs(o, m, config.layer, config.pooling)
-    )
+def split_features(
+    frame: pl.DataFrame, features: Sequence[ArtifactRef], name: str
+) -> dict[str, np.ndarray]:
+    """The `name` vectors of a dataset's features artifacts (one per shard) as [rows, dim] per
+    split, in the frame's row order within each split."""
+    ids, matrices = [], []
+    for ref in features:
+        table_ids = pl.read_parquet(ref.path / FEATURES_FILE, columns=["id"])["id"]
+        ids.extend(table_ids.to_list())
+        matrices.append(read_features(ref, [name])[1][name])
+    matrix = np.concatenate(matrices) if matrices else np.zeros((0, 0), np.float32)
+    position = {row_id: i for i, row_id in enumerate(ids)}
+    result = {}
     for split in FEATURE_SPLITS:
-        texts = frame.filter(pl.col("split") == split)["text"].to_list()
-        if not texts:
-            continue
-        vectors = encode_texts(loaded, texts, run, batch_size)
-        np.save(out / f"{split}.npy", vectors)
-        rows[split] = len(texts)
-    return {"rows": rows, "layer": config.layer, "pooling": str(config.pooling)}
+        split_ids = frame.filter(pl.col("split") == split)["id"].to_list()
+        if split_ids:
+            result[split] = matrix[[position[i] for i in split_ids]]
+    return result
 
 
 def _class_weights(config: TrainConfig, y: np.ndarray, num_classes: int) -> dict[int, float] | None:
@@ -227,7 +228,7 @@ def train_classifier(
     pair: EncoderPair,
     loaded: LoadedEncoder,
     out: Path,
-    features: Path | None,
+    features: Mapping[str, np.ndarray] | None,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
     """Train, evaluate on the test split, and write weights, history, metrics and plots to `out`."""
@@ -256,7 +257,7 @@ def train_classifier(
     }
     if features is not None:
         log("training the head on cached encoder features")
-        x = {s: np.load(features / f"{s}.npy") for s in FEATURE_SPLITS if len(y[s])}
+        x = features
         head = HeadModel(model)
         head.compile(
             optimizer=_optimizer(config.learning_rate, config, steps),
@@ -307,10 +308,9 @@ def predict_logits(
     model: TextClassifier, loaded: LoadedEncoder, texts: Sequence[str]
 ) -> np.ndarray:
     """Inference logits in input order, with length-sorted dynamic padding."""
-    result = np.empty((len(texts), model.output_layer.units), np.float32)
-    for index in length_sorted_batches([len(t) for t in texts], 64):
-        result[index] = model(loaded.tokenize([texts[i] for i in index]), training=False).numpy()
-    return result
+    return batched_inference(
+        texts, lambda batch: {"logits": model(loaded.tokenize(batch), training=False)}, 64
+    )["logits"]
 
 
 def _plain_history(history: Mapping[str, list[Any]]) -> dict[str, list[float]]:

@@ -4,20 +4,23 @@ hit is trusted only while the artifact in the store is still complete and undama
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import inspect
+import json
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from prefect import Task, get_run_logger, task
 from prefect.context import TaskRunContext
 from prefect.futures import PrefectFuture
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
-from penultimate.artifacts import ArtifactRef, ArtifactStore, Stage
+from penultimate.artifacts import ArtifactRef, ArtifactStore, Manifest, Stage, canonical_json
 
 Identity = Callable[[Mapping[str, Any]], tuple[BaseModel | Mapping[str, Any], list[ArtifactRef]]]
+Body = Callable[..., Mapping[str, Any] | None]
+AfterPublish = Callable[[ArtifactRef, Manifest, Mapping[str, Any]], None]
 
 
 def config_and_inputs(params: Mapping[str, Any]) -> tuple[Any, list[ArtifactRef]]:
@@ -31,65 +34,122 @@ def config_and_inputs(params: Mapping[str, Any]) -> tuple[Any, list[ArtifactRef]
     return params["config"], inputs
 
 
+class ArtifactTarget(BaseModel):
+    """The artifact a task call is for, worked out once by the caller: its ref, the key's config
+    and inputs (for the manifest), and whether it was complete when the call was made."""
+
+    model_config = ConfigDict(frozen=True)
+
+    ref: ArtifactRef
+    key_config: dict[str, Any]
+    inputs: list[ArtifactRef]
+    complete: bool
+
+
 class ArtifactTask:
     """A Prefect task whose result is the artifact `stage` publishes for the given parameters.
 
-    The wrapped function must take `store_root: str` and publish exactly the artifact that
-    `identity(params)` names. Call it like the function, with keyword arguments, or `submit`.
+    The body is `fn(out: Path, **params) -> metrics`: it fills the staging folder `out` and
+    returns the metrics for the manifest; it never computes keys, publishes or re-reads. Every
+    parameter set must include `store_root`. `identity(params)` names the artifact (key config
+    and input artifacts); it is computed once per call, here, and the artifact is validated once.
+    `after_publish(ref, manifest, params)` runs after a new artifact is in place (e.g. to show its
+    metrics in the Prefect UI). Call an ArtifactTask like the function, minus `out`, or `submit`.
     """
 
     def __init__(
-        self, fn: Callable[..., ArtifactRef], stage: Stage, identity: Identity, options: dict
+        self,
+        fn: Body,
+        stage: Stage,
+        identity: Identity,
+        after_publish: AfterPublish | None,
+        options: dict[str, Any],
     ) -> None:
         self.stage = stage
         self.identity = identity
-        self._signature = inspect.signature(fn)
+        self.__doc__ = fn.__doc__
 
-        @functools.wraps(fn)
-        def run(*args: Any, **kwargs: Any) -> ArtifactRef:
-            params = self._signature.bind(*args, **kwargs).arguments
-            expected = self.expected_ref(params)
-            if ArtifactStore(params["store_root"]).validate(expected) is not None:
+        def run(target: ArtifactTarget, **params: Any) -> ArtifactRef:
+            if target.complete:
+                # Complete at call time but without a Prefect cache record (a new API database).
                 get_run_logger().info(
-                    "%s artifact %s is complete; reusing it", stage.name, expected.key
+                    "%s artifact %s is complete; reusing it", stage.name, target.ref.key
                 )
-                return expected
-            ref = fn(*args, **kwargs)
-            if ref != expected:
-                raise RuntimeError(f"{fn.__name__} published {ref.uri}, expected {expected.uri}")
-            return ref
+                return target.ref
+            published = ArtifactStore(params["store_root"]).publish(
+                stage,
+                target.key_config,
+                lambda out: fn(out=out, **params),
+                target.inputs,
+                ref=target.ref,
+            )
+            if after_publish is not None:
+                after_publish(published.ref, published.manifest, params)
+            return published.ref
 
+        # Prefect shows and validates the body's parameters (minus `out`) plus the target.
+        body = inspect.signature(fn)
+        shown = [p for name, p in body.parameters.items() if name != "out"]
+        target_param = inspect.Parameter(
+            "target", inspect.Parameter.KEYWORD_ONLY, annotation=ArtifactTarget
+        )
+        run.__signature__ = body.replace(  # type: ignore[attr-defined]
+            parameters=[p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in shown]
+            + [target_param]
+        )
+        run.__name__ = fn.__name__
+        run.__qualname__ = fn.__qualname__
+        run.__module__ = fn.__module__
+        run.__doc__ = fn.__doc__
         self.task: Task = task(run, cache_key_fn=self._cache_key, persist_result=True, **options)
 
-    def expected_ref(self, params: Mapping[str, Any]) -> ArtifactRef:
-        config, inputs = self.identity(params)
-        return ArtifactStore(params["store_root"]).ref_for(self.stage, config, inputs)
+    def target(self, params: Mapping[str, Any]) -> ArtifactTarget:
+        """The artifact `params` name, and whether it is complete and undamaged (validated once)."""
+        key_config, inputs = self.identity(params)
+        store = ArtifactStore(params["store_root"])
+        ref = store.ref_for(self.stage, key_config, inputs)
+        return ArtifactTarget(
+            ref=ref,
+            key_config=json.loads(canonical_json(key_config)),
+            inputs=list(inputs),
+            complete=store.validate(ref) is not None,
+        )
 
     def complete_artifact(self, **params: Any) -> ArtifactRef | None:
         """The artifact these parameters name, if it is already complete and undamaged."""
-        ref = self.expected_ref(params)
-        return ref if ArtifactStore(params["store_root"]).validate(ref) is not None else None
+        target = self.target(params)
+        return target.ref if target.complete else None
 
-    def _cache_key(self, _: TaskRunContext, params: dict[str, Any]) -> str:
+    @staticmethod
+    def _cache_key(_: TaskRunContext, params: dict[str, Any]) -> str:
         # The same content key in two stores is two artifacts; Prefect's records must not mix them.
-        root = hashlib.sha256(str(ArtifactStore(params["store_root"]).root).encode()).hexdigest()
-        return f"{self.stage.name}-{self.expected_ref(params).key}-{root[:12]}"
+        ref: ArtifactRef = params["target"].ref
+        root = hashlib.sha256(str(Path(ref.uri).parent.parent).encode()).hexdigest()
+        return f"{ref.stage}-{ref.key}-{root[:12]}"
 
-    def _checked(self, params: Mapping[str, Any]) -> Task:
-        store = ArtifactStore(params["store_root"])
-        stale = store.validate(self.expected_ref(params)) is None
-        return self.task.with_options(refresh_cache=stale)
+    def _with_target(self, params: dict[str, Any]) -> tuple[Task, dict[str, Any]]:
+        target = self.target(params)
+        return self.task.with_options(refresh_cache=not target.complete), {
+            **params,
+            "target": target,
+        }
 
     def __call__(self, **params: Any) -> ArtifactRef:
-        return self._checked(params)(**params)
+        runnable, params = self._with_target(params)
+        return runnable(**params)
 
     def submit(self, **params: Any) -> PrefectFuture:
         """Run on the flow's task runner (e.g. a Dask worker); parameters must be plain values."""
-        return self._checked(params).submit(**params)
+        runnable, params = self._with_target(params)
+        return runnable.submit(**params)
 
 
 def artifact_task(
-    stage: Stage, *, identity: Identity = config_and_inputs, **options: Any
-) -> Callable[[Callable[..., ArtifactRef]], ArtifactTask]:
+    stage: Stage,
+    *,
+    identity: Identity = config_and_inputs,
+    after_publish: AfterPublish | None = None,
+    **options: Any,
+) -> Callable[[Body], ArtifactTask]:
     """Decorator: make `fn` an ArtifactTask for `stage` (extra options go to `prefect.task`)."""
-    return lambda fn: ArtifactTask(fn, stage, identity, options)
+    return lambda fn: ArtifactTask(fn, stage, identity, after_publish, options)

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from penultimate.artifacts import ArtifactRef, ArtifactStore
+from penultimate.artifacts import ArtifactRef, Manifest
 from penultimate.config import ClusterConfig
 from penultimate.stages import CLUSTERS_STAGE
 from tasks.caching import artifact_task
@@ -26,22 +27,10 @@ def cluster_identity(params: Mapping[str, Any]) -> tuple[dict[str, Any], list[Ar
     return config.model_dump(exclude={"embeddings"}), [params["embeddings"]]
 
 
-@artifact_task(CLUSTERS_STAGE, identity=cluster_identity, name="cluster-embeddings")
-def cluster_embeddings(
-    config: ClusterConfig, embeddings: ArtifactRef, store_root: str
-) -> ArtifactRef:
-    """Validate every shard first (errors name the file and row), then cluster and report."""
-    from penultimate.cluster import EmbeddingShards, validate_cluster_inputs
-    from penultimate.cluster_report import summary_table, write_cluster_artifact
+def _show_clusters(ref: ArtifactRef, manifest: Manifest, params: Mapping[str, Any]) -> None:
+    from penultimate.cluster_report import summary_table
 
-    shards = EmbeddingShards.open(embeddings)
-    validate_cluster_inputs(shards, config)
-    key, inputs = cluster_identity({"config": config, "embeddings": embeddings})
-    store = ArtifactStore(store_root)
-    ref = store.publish(
-        CLUSTERS_STAGE, key, lambda out: write_cluster_artifact(shards, config, out), inputs
-    )
-    metrics = store.read_manifest(ref).metrics  # type: ignore[union-attr]
+    metrics = manifest.metrics
     get_run_logger().info(
         "%d points in %d clusters; %s",
         metrics["points"],
@@ -51,11 +40,28 @@ def cluster_embeddings(
     create_table_artifact(
         key="cluster-summary",
         table=summary_table(json.loads((ref.path / "metrics.json").read_text())),
-        description=f"Clusters of {embeddings.uri} ({ref.key})",
+        description=f"Clusters of {params['embeddings'].uri} ({ref.key})",
     )
     create_markdown_artifact(
         key="cluster-report",
         markdown=(ref.path / "report.md").read_text(),
         description=f"Cluster report {ref.key} ({ref.uri})",
     )
-    return ref
+
+
+@artifact_task(
+    CLUSTERS_STAGE,
+    identity=cluster_identity,
+    after_publish=_show_clusters,
+    name="cluster-embeddings",
+)
+def cluster_embeddings(
+    out: Path, config: ClusterConfig, embeddings: ArtifactRef, store_root: str
+) -> dict[str, Any]:
+    """Validate every shard first (errors name the file and row), then cluster and report."""
+    from penultimate.cluster import EmbeddingShards, validate_cluster_inputs
+    from penultimate.cluster_report import write_cluster_artifact
+
+    shards = EmbeddingShards.open(embeddings)
+    validate_cluster_inputs(shards, config)
+    return write_cluster_artifact(shards, config, out)

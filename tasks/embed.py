@@ -29,8 +29,13 @@ def shard_identity(params: Mapping[str, Any]) -> tuple[dict[str, Any], list[Arti
 
 @artifact_task(EMBEDDING_SHARD_STAGE, identity=shard_identity, name="embed-shard")
 def embed_shard(
-    config: EmbedConfig, model: ArtifactRef, shard: str, shard_sha256: str, store_root: str
-) -> ArtifactRef:
+    out: Path,
+    config: EmbedConfig,
+    model: ArtifactRef,
+    shard: str,
+    shard_sha256: str,
+    store_root: str,
+) -> dict[str, Any]:
     """Embed one dataset shard into its own artifact; the model is loaded once per worker."""
     from penultimate.embed import (
         SHARD_FILE,
@@ -49,31 +54,28 @@ def embed_shard(
     )
     # Each worker process loads the model for its first shard and reuses it for the rest.
     model_loaded_here = load_embedder.cache_info().misses > loads_before
-    key, inputs = shard_identity({"config": config, "model": model, "shard_sha256": shard_sha256})
-
-    def write(out: Path) -> dict[str, Any]:
-        stats = extract_shard_embeddings(
-            embedder, Path(shard), out / SHARD_FILE, config.embedding, config.splits
-        )
-        peak_mb = peak_memory_mb()
-        get_run_logger().info(
-            "%s: %d rows at %.1f texts/s, dim %d, %d truncated, worker peak memory %d MB",
-            Path(shard).name,
-            stats["rows"],
-            stats["texts_per_s"],
-            stats["dim"],
-            stats["truncated"],
-            peak_mb,
-        )
-        return {
-            **stats,
-            "worker_peak_rss_mb": peak_mb,
-            "worker_pid": os.getpid(),
-            "model_loaded_here": model_loaded_here,
-            "source_shard": shard,
-        }
-
-    return ArtifactStore(store_root).publish(EMBEDDING_SHARD_STAGE, key, write, inputs)
+    stats = extract_shard_embeddings(
+        embedder, Path(shard), shard_sha256, out / SHARD_FILE, config.embedding, config.splits
+    )
+    peak_mb = peak_memory_mb()
+    get_run_logger().info(
+        "%s: %d rows at %.1f texts/s (%d through the encoder), dim %d, %d truncated, "
+        "worker peak memory %d MB",
+        Path(shard).name,
+        stats["rows"],
+        stats["texts_per_s"],
+        stats["encoded_texts"],
+        stats["dim"],
+        stats["truncated"],
+        peak_mb,
+    )
+    return {
+        **stats,
+        "worker_peak_rss_mb": peak_mb,
+        "worker_pid": os.getpid(),
+        "model_loaded_here": model_loaded_here,
+        "source_shard": ArtifactStore(store_root).relative(Path(shard)),
+    }
 
 
 def collect_identity(params: Mapping[str, Any]) -> tuple[dict[str, Any], list[ArtifactRef]]:
@@ -84,29 +86,23 @@ def collect_identity(params: Mapping[str, Any]) -> tuple[dict[str, Any], list[Ar
 
 @artifact_task(EMBEDDINGS_STAGE, identity=collect_identity, name="collect-embeddings")
 def collect_embeddings(
+    out: Path,
     config: EmbedConfig,
     dataset: ArtifactRef,
     model: ArtifactRef,
     shards: list[ArtifactRef],
     store_root: str,
-) -> ArtifactRef:
-    """The embeddings artifact: the shard artifacts in dataset order, with rows and dim."""
+) -> dict[str, Any]:
+    """The embeddings artifact: the shard artifacts in dataset order (by key, within the store),
+    with rows, dim and the texts that went through an encoder."""
     store = ArtifactStore(store_root)
     stats = [store.read_manifest(ref).metrics for ref in shards]  # type: ignore[union-attr]
     dims = {s["dim"] for s in stats if s["rows"]}
-
-    def write(out: Path) -> dict[str, Any]:
-        return {
-            "rows": sum(s["rows"] for s in stats),
-            "truncated": sum(s["truncated"] for s in stats),
-            "dim": dims.pop() if len(dims) == 1 else None,
-            "choice_blocks": next((s["choice_blocks"] for s in stats if s["rows"]), None),
-            "shards": [
-                {"uri": r.uri, "rows": s["rows"]} for r, s in zip(shards, stats, strict=True)
-            ],
-        }
-
-    key, inputs = collect_identity(
-        {"config": config, "dataset": dataset, "model": model, "shards": shards}
-    )
-    return store.publish(EMBEDDINGS_STAGE, key, write, inputs)
+    return {
+        "rows": sum(s["rows"] for s in stats),
+        "truncated": sum(s["truncated"] for s in stats),
+        "encoded_texts": sum(s["encoded_texts"] for s in stats),
+        "dim": dims.pop() if len(dims) == 1 else None,
+        "choice_blocks": next((s["choice_blocks"] for s in stats if s["rows"]), None),
+        "shards": [{"key": r.key, "rows": s["rows"]} for r, s in zip(shards, stats, strict=True)],
+    }

@@ -13,7 +13,7 @@ from typing import Any
 
 from prefect import get_run_logger
 
-from penultimate.artifacts import ArtifactRef, ArtifactStore
+from penultimate.artifacts import ArtifactRef
 from penultimate.config import EncoderConfig
 from penultimate.encoders.pair import EncoderPair
 from penultimate.encoders.sources import (
@@ -37,38 +37,33 @@ def encoder_identity(params: Mapping[str, Any]) -> tuple[dict[str, Any], list[Ar
 
 
 @artifact_task(ENCODER_STAGE, identity=encoder_identity, name="build-encoder")
-def build_encoder(config: EncoderConfig, store_root: str) -> ArtifactRef:
+def build_encoder(out: Path, config: EncoderConfig, store_root: str) -> dict[str, Any]:
     """Convert the configured weights, or import the configured TF-Hub pair, into
     `preprocessor/` and `encoder/` SavedModels with `encoder.json`."""
     from penultimate.encoders.bert_convert import build_encoder_pair
     from penultimate.encoders.hub_import import import_hub_pair
 
-    key_config, _ = encoder_identity({"config": config})
     logger = get_run_logger()
-
-    def write(out: Path) -> dict[str, Any]:
-        pair = EncoderPair(out)
-        if config.is_hub_pair:
-            logger.info("importing %s + %s", config.hub_preprocessor, config.hub_encoder)
-            info = import_hub_pair(config, pair)
-        else:
-            folder = resolve_weights_folder(config.source or "")
-            logger.info("converting %s (seq_length %d)", folder, config.seq_length)
-            build_encoder_pair(
-                folder,
-                out,
-                seq_length=config.seq_length,
-                hidden_dropout=config.hidden_dropout,
-                attention_dropout=config.attention_dropout,
-            )
-            info = pair.read_info()
-        logger.info(
-            "encoder: %d layers, hidden size %d, seq_length %d, vocabulary %d",
-            info.num_layers,
-            info.hidden_size,
-            info.seq_length,
-            info.vocab_size,
+    pair = EncoderPair(out)
+    if config.is_hub_pair:
+        logger.info("importing %s + %s", config.hub_preprocessor, config.hub_encoder)
+        info = import_hub_pair(config, pair)
+    else:
+        folder = resolve_weights_folder(config.source or "")
+        logger.info("converting %s (seq_length %d)", folder, config.seq_length)
+        build_encoder_pair(
+            folder,
+            out,
+            seq_length=config.seq_length,
+            hidden_dropout=config.hidden_dropout,
+            attention_dropout=config.attention_dropout,
         )
-        return info.summary()
-
-    return ArtifactStore(store_root).publish(ENCODER_STAGE, key_config, write)
+        info = pair.read_info()
+    logger.info(
+        "encoder: %d layers, hidden size %d, seq_length %d, vocabulary %d",
+        info.num_layers,
+        info.hidden_size,
+        info.seq_length,
+        info.vocab_size,
+    )
+    return info.summary()

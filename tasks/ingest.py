@@ -6,12 +6,13 @@ Also publishes the split and drop counts as a Prefect table artifact.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from penultimate.artifacts import ArtifactRef, ArtifactStore
+from penultimate.artifacts import ArtifactRef, Manifest
 from penultimate.config import IngestConfig
 from penultimate.ingest import prepare_dataset, source_fingerprint, write_dataset
 from penultimate.stages import DATASET_STAGE
@@ -23,21 +24,7 @@ def dataset_identity(params: Mapping[str, Any]) -> tuple[dict[str, Any], list[Ar
     return {"config": config, "source_files": source_fingerprint(config)}, []
 
 
-@artifact_task(DATASET_STAGE, identity=dataset_identity, name="ingest-dataset")
-def ingest_dataset(config: IngestConfig, store_root: str) -> ArtifactRef:
-    """Read, validate and shard the corpus into a dataset artifact."""
-    logger = get_run_logger()
-    frame, counts = prepare_dataset(config)
-    logger.info(
-        "read %d usable rows from %s; dropped %s", frame.height, config.source, counts["dropped"]
-    )
-    store = ArtifactStore(store_root)
-    key_config, _ = dataset_identity({"config": config})
-    ref = store.publish(
-        DATASET_STAGE, key_config, lambda out: write_dataset(frame, counts, out, config.shard_rows)
-    )
-    manifest = store.read_manifest(ref)
-    assert manifest is not None
+def _show_dataset(ref: ArtifactRef, manifest: Manifest, params: Mapping[str, Any]) -> None:
     metrics = manifest.metrics
     split_rows = " | ".join(f"{s}: {n}" for s, n in metrics["rows_per_split"].items())
     create_markdown_artifact(
@@ -50,4 +37,15 @@ def ingest_dataset(config: IngestConfig, store_root: str) -> ArtifactRef:
         ),
         description="Rows per split, drops by reason, label counts",
     )
-    return ref
+
+
+@artifact_task(
+    DATASET_STAGE, identity=dataset_identity, after_publish=_show_dataset, name="ingest-dataset"
+)
+def ingest_dataset(out: Path, config: IngestConfig, store_root: str) -> dict[str, Any]:
+    """Read, validate and shard the corpus into a dataset artifact."""
+    frame, counts = prepare_dataset(config)
+    get_run_logger().info(
+        "read %d usable rows from %s; dropped %s", frame.height, config.source, counts["dropped"]
+    )
+    return write_dataset(frame, counts, out, config.shard_rows)

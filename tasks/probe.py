@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from penultimate.artifacts import ArtifactRef, ArtifactStore
+from penultimate.artifacts import ArtifactRef, ArtifactStore, Manifest
 from penultimate.config import ProbeConfig
 from penultimate.stages import PROBE_STAGE
 from tasks.caching import artifact_task
@@ -26,25 +27,8 @@ def probe_identity(params: Mapping[str, Any]) -> tuple[dict[str, Any], list[Arti
     return config.scoring(), [params["embeddings"]]
 
 
-@artifact_task(PROBE_STAGE, identity=probe_identity, name="probe-embeddings")
-def probe_embeddings(config: ProbeConfig, embeddings: ArtifactRef, store_root: str) -> ArtifactRef:
-    """Fit and score a linear probe, its control and k-means on every choice; report the best."""
-    from penultimate.cluster import EmbeddingShards
-    from penultimate.probe import ProbeInputError
-    from penultimate.probe_report import write_probe_artifact
-
-    store = ArtifactStore(store_root)
-    shards = EmbeddingShards.open(embeddings)
-    blocks = store.read_manifest(embeddings).metrics.get("choice_blocks")  # type: ignore[union-attr]
-    if not blocks:
-        raise ProbeInputError(
-            f"{embeddings.uri}: not an all_choices embeddings artifact (no choice_blocks)"
-        )
-    key, inputs = probe_identity({"config": config, "embeddings": embeddings})
-    ref = store.publish(
-        PROBE_STAGE, key, lambda out: write_probe_artifact(shards, blocks, config, out), inputs
-    )
-    metrics = store.read_manifest(ref).metrics  # type: ignore[union-attr]
+def _show_probe(ref: ArtifactRef, manifest: Manifest, params: Mapping[str, Any]) -> None:
+    metrics = manifest.metrics
     get_run_logger().info(
         "best: %s (accuracy %.3f); default %s is %.3f below; probe artifact %s",
         metrics["best"],
@@ -63,4 +47,23 @@ def probe_embeddings(config: ProbeConfig, embeddings: ArtifactRef, store_root: s
         markdown=(ref.path / "report.md").read_text(),
         description=f"Which embedding to take ({ref.uri})",
     )
-    return ref
+
+
+@artifact_task(
+    PROBE_STAGE, identity=probe_identity, after_publish=_show_probe, name="probe-embeddings"
+)
+def probe_embeddings(
+    out: Path, config: ProbeConfig, embeddings: ArtifactRef, store_root: str
+) -> dict[str, Any]:
+    """Fit and score a linear probe, its control and k-means on every choice; report the best."""
+    from penultimate.cluster import EmbeddingShards
+    from penultimate.probe import ProbeInputError
+    from penultimate.probe_report import write_probe_artifact
+
+    shards = EmbeddingShards.open(embeddings)
+    blocks = ArtifactStore(store_root).read_manifest(embeddings).metrics.get("choice_blocks")  # type: ignore[union-attr]
+    if not blocks:
+        raise ProbeInputError(
+            f"{embeddings.uri}: not an all_choices embeddings artifact (no choice_blocks)"
+        )
+    return write_probe_artifact(shards, blocks, config, out)

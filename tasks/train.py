@@ -4,6 +4,7 @@ encoder is frozen, train and evaluate the classifier, and publish its metrics to
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +12,12 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
-from penultimate.artifacts import ArtifactRef, ArtifactStore
+from penultimate.artifacts import ArtifactRef, ArtifactStore, Manifest
 from penultimate.config import TrainConfig
 from penultimate.encoders.pair import EncoderPair
 from penultimate.errors import InputError
 from penultimate.ingest import read_dataset
+from penultimate.shard_features import choice_name, features_key
 from penultimate.stages import FEATURES_STAGE, MODEL_STAGE
 from tasks.caching import artifact_task
 
@@ -46,83 +48,54 @@ def check_training_inputs(
     return labels.names
 
 
-def features_identity(params: dict[str, Any]) -> tuple[dict[str, Any], list[ArtifactRef]]:
-    config: TrainConfig = params["config"]
-    return {"layer": config.layer, "pooling": str(config.pooling)}, [
-        params["dataset"],
-        params["encoder"],
-    ]
+def features_identity(params: Mapping[str, Any]) -> tuple[dict[str, str], list[ArtifactRef]]:
+    info = EncoderPair(params["encoder"].path).read_info()
+    key = features_key(params["names"], params["shard_sha256"], "float32", info.num_layers)
+    return key, [params["encoder"]]
 
 
 @artifact_task(FEATURES_STAGE, identity=features_identity, name="encode-features")
 def encode_features(
-    config: TrainConfig, dataset: ArtifactRef, encoder: ArtifactRef, store_root: str
-) -> ArtifactRef:
-    """Pooled encoder features of every split, computed once per dataset, encoder and pooling."""
-    from penultimate.features import load_encoder
-    from penultimate.train import compute_features
+    out: Path,
+    encoder: ArtifactRef,
+    shard: str,
+    shard_sha256: str,
+    names: list[str],
+    store_root: str,
+) -> dict[str, Any]:
+    """One dataset shard's encoder features (the pooled vectors the head trains on): copied from
+    the shard's every-choice features when a probe made them, else one encoder pass."""
+    from penultimate.features import fill_shard_features
 
-    loaded = load_encoder(EncoderPair(encoder.path))
-    frame = read_dataset(dataset)
-    get_run_logger().info("encoding %d texts once for head-only training", frame.height)
-    key, inputs = features_identity({"config": config, "dataset": dataset, "encoder": encoder})
-    return ArtifactStore(store_root).publish(
-        FEATURES_STAGE, key, lambda out: compute_features(loaded, frame, config, out), inputs
+    metrics = fill_shard_features(
+        out, ArtifactStore(store_root), encoder, Path(shard), shard_sha256, names
     )
+    get_run_logger().info(
+        "%s: %d rows, %d through the encoder",
+        Path(shard).name,
+        metrics["rows"],
+        metrics["encoded_texts"],
+    )
+    return metrics
 
 
-def model_identity(params: dict[str, Any]) -> tuple[dict[str, Any], list[ArtifactRef]]:
+def training_features_name(config: TrainConfig, encoder: ArtifactRef) -> str:
+    """The (layer, pooling) vector a frozen-encoder classifier trains on, e.g. `layer_5_mean`."""
+    layers = EncoderPair(encoder.path).read_info().num_layers
+    return choice_name(config.layer, str(config.pooling), layers)
+
+
+def model_identity(params: Mapping[str, Any]) -> tuple[dict[str, Any], list[ArtifactRef]]:
     config: TrainConfig = params["config"]
     # The encoder section only says where the encoder came from (a path, a handle); the encoder
-    # artifact's key, an input, says what it is.
+    # artifact's key, an input, says what it is. The features are a function of the dataset,
+    # the encoder and the config, so they are not inputs of the key.
     key = config.model_dump(mode="json", exclude={"encoder"})
-    inputs = [r for r in (params["dataset"], params["encoder"], params["features"]) if r]
-    return key, inputs
+    return key, [params["dataset"], params["encoder"]]
 
 
-@artifact_task(MODEL_STAGE, identity=model_identity, name="train-classifier")
-def train_model(
-    config: TrainConfig,
-    dataset: ArtifactRef,
-    encoder: ArtifactRef,
-    features: ArtifactRef | None,
-    labels: list[str],
-    store_root: str,
-) -> ArtifactRef:
-    """Train and evaluate; the model artifact holds weights, history, metrics and plots."""
-    from penultimate.features import load_encoder
-    from penultimate.train import LabelSpace, train_classifier, write_classifier_info
-
-    logger = get_run_logger()
-    pair = EncoderPair(encoder.path)
-    loaded = load_encoder(pair)
-    frame = read_dataset(dataset)
-    label_space = LabelSpace(labels)
-
-    def write(out: Path) -> dict[str, Any]:
-        metrics = train_classifier(
-            config,
-            frame,
-            label_space,
-            pair,
-            loaded,
-            out,
-            features.path if features else None,
-            logger.info,
-        )
-        write_classifier_info(out, config, label_space, encoder)
-        return metrics
-
-    key, inputs = model_identity(
-        {"config": config, "dataset": dataset, "encoder": encoder, "features": features}
-    )
-    ref = ArtifactStore(store_root).publish(MODEL_STAGE, key, write, inputs)
-    _publish_metrics(ref, ArtifactStore(store_root).read_manifest(ref).metrics)  # type: ignore[union-attr]
-    return ref
-
-
-def _publish_metrics(ref: ArtifactRef, metrics: dict[str, Any]) -> None:
-    test = metrics.get("test")
+def _show_metrics(ref: ArtifactRef, manifest: Manifest, params: Mapping[str, Any]) -> None:
+    test = manifest.metrics.get("test")
     if not test:
         return
     names = ("accuracy", "precision", "recall", "f1", "roc_auc")
@@ -139,7 +112,7 @@ def _publish_metrics(ref: ArtifactRef, metrics: dict[str, Any]) -> None:
         key="classifier-report",
         markdown=(
             f"# Classifier `{ref.key}`\n\n- location: `{ref.uri}`\n- epochs run: "
-            f"{metrics['epochs_run']}\n"
+            f"{manifest.metrics['epochs_run']}\n"
             + "".join(f"- {n}: {test[n]:.4f}\n" for n in names if test[n] is not None)
             + "\n| true \\ predicted | "
             + " | ".join(test["labels"])
@@ -151,3 +124,37 @@ def _publish_metrics(ref: ArtifactRef, metrics: dict[str, Any]) -> None:
         ),
         description="Test metrics and confusion matrix",
     )
+
+
+@artifact_task(
+    MODEL_STAGE, identity=model_identity, after_publish=_show_metrics, name="train-classifier"
+)
+def train_model(
+    out: Path,
+    config: TrainConfig,
+    dataset: ArtifactRef,
+    encoder: ArtifactRef,
+    features: list[ArtifactRef] | None,
+    labels: list[str],
+    store_root: str,
+) -> dict[str, Any]:
+    """Train and evaluate; the model artifact holds weights, history, metrics and plots."""
+    from penultimate.features import load_encoder
+    from penultimate.train import (
+        LabelSpace,
+        split_features,
+        train_classifier,
+        write_classifier_info,
+    )
+
+    pair = EncoderPair(encoder.path)
+    loaded = load_encoder(pair)
+    frame = read_dataset(dataset)
+    label_space = LabelSpace(labels)
+    name = training_features_name(config, encoder)
+    x = split_features(frame, features, name) if features else None
+    metrics = train_classifier(
+        config, frame, label_space, pair, loaded, out, x, get_run_logger().info
+    )
+    write_classifier_info(out, config, label_space, encoder)
+    return {**metrics, "features": [ref.key for ref in features or []]}

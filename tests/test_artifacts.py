@@ -34,9 +34,9 @@ def test_key_is_stable_and_changes_with_config_code_and_inputs() -> None:
 
 def test_publish_writes_manifest_with_checksums(tmp_path: Path) -> None:
     store = ArtifactStore(tmp_path)
-    ref = store.publish(STAGE, {"n": 1}, write_two_files)
+    ref, published = store.publish(STAGE, {"n": 1}, write_two_files)
     manifest = store.validate(ref)
-    assert manifest is not None
+    assert manifest is not None and manifest == published
     assert manifest.metrics == {"files": 2}
     assert manifest.config == {"n": 1}
     assert {f.path: f.size for f in manifest.files} == {"a.txt": 5, "sub/b.bin": 100}
@@ -47,7 +47,7 @@ def test_publish_writes_manifest_with_checksums(tmp_path: Path) -> None:
 @pytest.mark.parametrize("damage", ["delete_file", "edit_file", "delete_manifest", "bad_manifest"])
 def test_damaged_artifact_is_invalid_and_republished(tmp_path: Path, damage: str) -> None:
     store = ArtifactStore(tmp_path)
-    ref = store.publish(STAGE, {"n": 1}, write_two_files)
+    ref = store.publish(STAGE, {"n": 1}, write_two_files).ref
     target = ref.path / "a.txt"
     if damage == "delete_file":
         target.unlink()
@@ -58,7 +58,7 @@ def test_damaged_artifact_is_invalid_and_republished(tmp_path: Path, damage: str
     else:
         (ref.path / "manifest.json").write_text("{not json")
     assert store.validate(ref) is None
-    again = store.publish(STAGE, {"n": 1}, write_two_files)
+    again = store.publish(STAGE, {"n": 1}, write_two_files).ref
     assert again == ref
     assert store.validate(ref) is not None
 
@@ -101,7 +101,9 @@ def test_sigkill_while_writing_leaves_nothing_visible_and_rerun_succeeds(tmp_pat
     leftovers = [p.name for p in (tmp_path / "demo").iterdir()]
     assert leftovers and all(name.startswith(".staging-") for name in leftovers)
 
-    rerun = store.publish(STAGE, {"n": 2}, lambda d: {"bytes": (d / "big.bin").write_bytes(b"y")})
+    rerun = store.publish(
+        STAGE, {"n": 2}, lambda d: {"bytes": (d / "big.bin").write_bytes(b"y")}
+    ).ref
     assert rerun == ref
     assert store.validate(ref) is not None
 

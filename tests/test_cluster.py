@@ -55,19 +55,23 @@ def embeddings_artifact(store: Path, shards: list[tuple[pl.DataFrame, np.ndarray
             )
             table = frame.select("id", "label").to_arrow().append_column("embedding", embedding)
             pq.write_table(table, out / SHARD_FILE)
-            return {"rows": frame.height, "dim": vectors.shape[1], "source_shard": str(source)}
+            return {
+                "rows": frame.height,
+                "dim": vectors.shape[1],
+                "source_shard": artifacts.relative(source),
+            }
 
         refs.append(artifacts.publish(EMBEDDING_SHARD_STAGE, {"shard": index, "n": len(frame),
-                    "sum": float(np.nansum(vectors))}, write))  # fmt: skip
+                    "sum": float(np.nansum(vectors))}, write).ref)  # fmt: skip
         rows.append(frame.height)
     return artifacts.publish(
         EMBEDDINGS_STAGE,
         {"shards": [r.key for r in refs]},
         lambda out: {
-            "shards": [{"uri": r.uri, "rows": n} for r, n in zip(refs, rows, strict=True)]
+            "shards": [{"key": r.key, "rows": n} for r, n in zip(refs, rows, strict=True)]
         },
         refs,
-    )
+    ).ref
 
 
 def topic_shards(
@@ -239,7 +243,8 @@ def test_an_incomplete_embeddings_artifact_is_an_error(topics: ArtifactRef) -> N
 
 def test_a_damaged_shard_file_is_an_error(topics: ArtifactRef) -> None:
     manifest = ArtifactStore(topics.path.parent.parent).read_manifest(topics)
-    shard = Path(manifest.metrics["shards"][1]["uri"]) / SHARD_FILE  # type: ignore[union-attr]
+    key = manifest.metrics["shards"][1]["key"]  # type: ignore[union-attr]
+    shard = topics.path.parent.parent / EMBEDDING_SHARD_STAGE.name / key / SHARD_FILE
     shard.write_bytes(shard.read_bytes()[:-10])
     with pytest.raises(ClusterInputError, match="embedding shard missing or damaged"):
         EmbeddingShards.open(topics)

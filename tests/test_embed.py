@@ -126,7 +126,9 @@ def test_shard_embeddings_keep_ids_order_and_passthrough(
     ).write_parquet(shard)
     out = tmp_path / "emb.parquet"
     choice = EmbeddingChoice(dtype="float16")
-    stats = extract_shard_embeddings(EncoderEmbedder(loaded, choice), shard, out, choice, None)
+    stats = extract_shard_embeddings(
+        EncoderEmbedder(loaded, choice), shard, "sha", out, choice, None
+    )
     assert (stats["rows"], stats["dim"], stats["truncated"]) == (4, 384, 1)  # 402 tokens > 128
     table = pq.read_table(out)
     assert table.schema.field("embedding").type == pa.list_(pa.float16(), 384)
@@ -136,7 +138,9 @@ def test_shard_embeddings_keep_ids_order_and_passthrough(
     assert matrix.shape == (4, 384) and not matrix.flags.owndata  # a view on Arrow's buffer
     np.testing.assert_allclose(np.linalg.norm(matrix.astype(np.float32), axis=1), 1, atol=1e-3)
     only_train = tmp_path / "train.parquet"
-    extract_shard_embeddings(EncoderEmbedder(loaded, choice), shard, only_train, choice, ["train"])
+    extract_shard_embeddings(
+        EncoderEmbedder(loaded, choice), shard, "sha", only_train, choice, ["train"]
+    )
     assert read_embeddings([only_train])[0]["id"].to_list() == ["b", "c"]
 
 
@@ -145,8 +149,8 @@ def test_bad_shards_are_named(loaded: LoadedEncoder, tmp_path: Path) -> None:
     corrupt = tmp_path / "corrupt.parquet"
     corrupt.write_bytes(b"PAR1 definitely not parquet")
     with pytest.raises(ShardError, match=r"corrupt\.parquet: cannot read"):
-        extract_shard_embeddings(embedder, corrupt, tmp_path / "o", EmbeddingChoice(), None)
+        extract_shard_embeddings(embedder, corrupt, "sha", tmp_path / "o", EmbeddingChoice(), None)
     no_text = tmp_path / "no_text.parquet"
     pl.DataFrame({"id": ["1"], "body": ["x"]}).write_parquet(no_text)
     with pytest.raises(ShardError, match=r"no_text\.parquet: column\(s\) \['text'\] missing"):
-        extract_shard_embeddings(embedder, no_text, tmp_path / "o", EmbeddingChoice(), None)
+        extract_shard_embeddings(embedder, no_text, "sha", tmp_path / "o", EmbeddingChoice(), None)

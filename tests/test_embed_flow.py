@@ -40,7 +40,7 @@ def sentences(tmp_path_factory: pytest.TempPathFactory, encoder_store: str) -> A
 def embedded(ref: ArtifactRef, store: str) -> tuple[pl.DataFrame, np.ndarray]:
     manifest = ArtifactStore(store).validate(ref)
     assert manifest is not None
-    return read_embeddings(embedding_shard_files([s["uri"] for s in manifest.metrics["shards"]]))
+    return read_embeddings(embedding_shard_files(ref, manifest))
 
 
 @pytest.fixture(scope="module")

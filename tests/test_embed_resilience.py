@@ -59,7 +59,7 @@ def shard_manifests(store: str) -> dict[str, float]:
 def embedded_rows(ref: ArtifactRef, store: str) -> pl.DataFrame:
     manifest = ArtifactStore(store).validate(ref)
     assert manifest is not None
-    files = embedding_shard_files([s["uri"] for s in manifest.metrics["shards"]])
+    files = embedding_shard_files(ref, manifest)
     return read_embeddings(files)[0]
 
 

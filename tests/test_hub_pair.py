@@ -99,7 +99,7 @@ def models(dataset: ArtifactRef, store: str) -> dict[str, ArtifactRef]:
 def embedded(ref: ArtifactRef, store: str) -> np.ndarray:
     manifest = ArtifactStore(store).validate(ref)
     assert manifest is not None
-    return read_embeddings(embedding_shard_files([s["uri"] for s in manifest.metrics["shards"]]))[1]
+    return read_embeddings(embedding_shard_files(ref, manifest))[1]
 
 
 def test_import_records_the_pair_and_keys_it_by_content(store: str, tmp_path: Path) -> None:

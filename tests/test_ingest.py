@@ -46,7 +46,9 @@ def test_email_corpus_becomes_subject_and_body_text(corpus_slice: Path, tmp_path
     assert set(frame["label"]) == {"spam", "ham"}
 
     store = ArtifactStore(tmp_path)
-    ref = store.publish(DATASET_STAGE, config, lambda out: write_dataset(frame, counts, out, 70))
+    ref = store.publish(
+        DATASET_STAGE, config, lambda out: write_dataset(frame, counts, out, 70)
+    ).ref
     metrics = store.validate(ref).metrics  # type: ignore[union-attr]
     assert [s["rows"] for s in metrics["shards"]] == [70, 70, 70, 70, 20]
     assert sum(metrics["rows_per_split"].values()) == 300

@@ -11,6 +11,7 @@ import pytest
 
 from conftest import prefect_artifact_keys, task_state_counts
 from flows.pipeline import pipeline
+from penultimate.artifacts import ArtifactStore
 from penultimate.config import PipelineConfig
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -63,6 +64,10 @@ def check_reruns(corpus_slice: Path, store: str, prefect_api: str, address: str)
         }
     )  # fmt: skip
     state, first = run(config, store)
+    rows = ArtifactStore(store).read_manifest(state.result()["ingest"]).metrics["rows"]  # type: ignore[attr-defined,union-attr]
+    # One encoder pass per text: training's features; the penultimate embeddings are the
+    # trained head applied to those features, with no pass through the exported model.
+    assert encoder_passes(store) == {"features": rows, "embedding-shard": 0}
     # Besides these, each subflow shows up as a task run of its parent (ingest, train, ...).
     assert STAGE_TASKS | {"publish-pipeline-summary"} <= set(first)
     refs = state.result()  # type: ignore[attr-defined]
@@ -95,3 +100,16 @@ def check_reruns(corpus_slice: Path, store: str, prefect_api: str, address: str)
     # Head dropout does not change the frozen encoder's features, so those stay cached too.
     for name in ("ingest-dataset", "build-encoder", "encode-features"):
         assert retrained[name] == {"Cached"}, name
+    assert encoder_passes(store) == {"features": rows, "embedding-shard": 0}
+
+
+def encoder_passes(store: str) -> dict[str, int]:
+    """Texts that went through an encoder, summed over every artifact of the stages that run one."""
+    artifacts = ArtifactStore(store)
+    return {
+        stage: sum(
+            artifacts.read_manifest(ref).metrics["encoded_texts"]  # type: ignore[union-attr]
+            for ref in artifacts.artifacts(stage)
+        )
+        for stage in ("features", "embedding-shard")
+    }

@@ -100,7 +100,8 @@ def probe_inputs(
 ) -> tuple[ProbeRows, list[dict]]:
     """The probe's rows and the `choice_blocks` of the embeddings it read."""
     store = ArtifactStore(encoder_store)
-    embeddings = next(i for i in store.read_manifest(probed[0]).inputs if i.stage == "embeddings")
+    stored = next(i for i in store.read_manifest(probed[0]).inputs if i.stage == "embeddings")
+    embeddings = store.resolve(stored)
     blocks = store.read_manifest(embeddings).metrics["choice_blocks"]
     return read_probe_rows(EmbeddingShards.open(embeddings), 20000, 20000, config.seed), blocks
 
@@ -122,6 +123,58 @@ def test_probe_is_reproducible_and_a_rerun_is_cached(
     work = {(task, state) for (task, state) in states if task not in SUBFLOWS}
     # Every embedding shard is complete: no cluster starts and no shard task runs.
     assert work == {(task, "Cached") for task in WORK_TASKS - {"embed-shard"}}, states
+
+
+def encoded_texts(store: ArtifactStore, stage: str) -> dict[str, int]:
+    """Key -> texts that went through an encoder, of every artifact of `stage` in the store."""
+    return {
+        ref.key: store.read_manifest(ref).metrics["encoded_texts"]  # type: ignore[union-attr]
+        for ref in store.artifacts(stage)
+    }
+
+
+def test_the_probes_encoder_pass_serves_later_embeddings_and_training(
+    probed: tuple[ArtifactRef, object],
+    config: ProbeConfig,
+    encoder_store: str,
+    dask_cluster: str,
+    tmp_path: Path,
+) -> None:
+    from flows.embed import embed
+    from flows.ingest import ingest
+    from penultimate.config import EmbedConfig
+
+    store = ArtifactStore(encoder_store)
+    dataset = ingest(config=config.ingest, store_root=encoder_store)
+    features_before = encoded_texts(store, "features")
+    # The probe encoded each of its shards' rows once (every row, so val rows would be served too).
+    assert sum(features_before.values()) == dataset_rows(store, dataset)
+    # A single choice later: its vectors are columns of the probe's features, no encoder pass.
+    single = EmbedConfig.model_validate(
+        {"embedding": {"layers": [2], "pooling": "max"}, "runner": {"dask_address": dask_cluster}}
+    )
+    ref = embed(config=single, dataset=dataset, store_root=encoder_store)
+    assert store.read_manifest(ref).metrics["encoded_texts"] == 0  # type: ignore[union-attr]
+    assert encoded_texts(store, "features") == features_before
+    # Training's per-shard features (a frozen encoder) are copied out of the probe's columns.
+    from penultimate.features import fill_shard_features
+    from penultimate.ingest import dataset_shard_entries
+    from penultimate.shard_features import every_choice_features, read_features
+
+    encoder = next(r for r in store.artifacts("encoder"))
+    shard, sha = dataset_shard_entries(store, dataset)[0]
+    out = tmp_path / "features"
+    out.mkdir()
+    metrics = fill_shard_features(out, store, encoder, Path(shard), sha, ["layer_5_mean"])
+    every = every_choice_features(store, encoder, sha, "float32")
+    assert every is not None and metrics["copied_from"] == every.key
+    assert metrics["encoded_texts"] == 0 and metrics["rows"] > 0
+    copied = pl.read_parquet(out / "features.parquet")["layer_5_mean"].to_numpy()
+    np.testing.assert_array_equal(copied, read_features(every, ["layer_5_mean"])[1]["layer_5_mean"])
+
+
+def dataset_rows(store: ArtifactStore, dataset: ArtifactRef) -> int:
+    return store.read_manifest(dataset).metrics["rows"]  # type: ignore[union-attr]
 
 
 def test_a_representation_that_carries_nothing_scores_at_chance(

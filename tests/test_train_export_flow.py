@@ -179,3 +179,29 @@ def test_exported_embedder_matches_the_bare_encoder_and_embed_signature(
         ExportedEmbedder(saved, penultimate).embed(texts),
         atol=1e-6,
     )
+
+
+@pytest.mark.parametrize("source", ["penultimate", "all_choices", "encoder"])
+def test_a_frozen_classifier_embeds_from_cached_features_as_its_export_does(
+    exported: tuple[ArtifactRef, ArtifactRef], dataset: ArtifactRef, store: str, source: str
+) -> None:
+    from penultimate.config import EmbeddingChoice
+    from penultimate.embed import ExportedEmbedder, FeatureEmbedder, load_embedder
+    from penultimate.ingest import dataset_shard_entries
+    from penultimate.shard_features import read_shard
+
+    _, export_ref = exported
+    choice = EmbeddingChoice(source=source, normalize=source != "penultimate")
+    embedder = load_embedder("export", export_ref.uri, choice.model_dump_json(), 64, 1)
+    # freeze: all and the encoder artifact in the store: no pass through the exported model.
+    assert isinstance(embedder, FeatureEmbedder)
+    exported_pass = ExportedEmbedder(export_ref.path / "saved_model", choice)
+    assert embedder.choice_blocks == exported_pass.choice_blocks
+    shard, sha = dataset_shard_entries(ArtifactStore(store), dataset)[0]
+    frame = read_shard(Path(shard), ["test", "val"])
+    from_features = embedder.embed_shard(frame, Path(shard), sha)
+    from_export = exported_pass.embed_shard(frame, Path(shard), sha)
+    # Made from a features artifact of the classifier's encoder (training's, for `encoder`).
+    assert from_features.features is not None and from_export.features is None
+    np.testing.assert_allclose(from_features.vectors, from_export.vectors, atol=2e-5)
+    np.testing.assert_array_equal(from_features.tokens, from_export.tokens)
