@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install demo test lint clean-artifacts bench bench-train bench-embed bench-cluster \
+.PHONY: install demo test test-fast lint clean-artifacts bench bench-train bench-embed bench-cluster \
 	bench-probe bench-demo hub-fixture
 
 # One source of truth for dependencies (pyproject.toml); the Dockerfile runs this same target.
@@ -36,6 +36,10 @@ $(CHROMIUM):
 
 test: lint $(CHROMIUM)
 	$(PY) -m pytest -q
+
+# The library tests only (no Prefect server, no Dask, no browser): the quick loop while coding.
+test-fast: $(INSTALLED)
+	$(PY) -m pytest -q -m library
 
 clean-artifacts:
 	rm -rf artifacts

@@ -24,7 +24,7 @@ from penultimate.features import ChoiceEncoder, LoadedEncoder
 from penultimate.ingest import label_counts_per_split, prepare_dataset, write_dataset
 from penultimate.shard_features import choice_name
 from penultimate.stages import DATASET_STAGE
-from penultimate.train import FEATURE_SPLITS, train_classifier, validate_training_inputs
+from penultimate.train import FEATURE_SPLITS, fit_classifier, validate_training_inputs
 
 HEAD_RUNS: dict[str, list[dict[str, Any]]] = {
     "no dropout": [{"at": "head", "rate": 0.0}],
@@ -87,7 +87,7 @@ def main() -> None:
         out = Path(tempfile.mkdtemp(dir=work))
         began = time.perf_counter()
         features = cached if config.uses_feature_cache else None
-        metrics = train_classifier(config, frame, labels, pair, loaded, out, features, print)
+        metrics = fit_classifier(config, frame, labels, pair, loaded, out, features, print)
         seconds = time.perf_counter() - began
         test = metrics["test"]
         rows.append(

@@ -21,13 +21,13 @@ def pipeline(config: PipelineConfig, store_root: str | None = None) -> dict[str,
     """Run every stage (each reuses its artifact when its inputs and config are unchanged)."""
     root = str(ArtifactStore(store_root).root)
     dataset = ingest(config=config.ingest, store_root=root)
-    model = train(config=config.train, dataset=dataset, store_root=root)
-    exported = export(model=model, dataset=dataset, config=config.export, store_root=root)
+    classifier = train(config=config.train, dataset=dataset, store_root=root)
+    exported = export(classifier=classifier, dataset=dataset, config=config.export, store_root=root)
     embeddings = embed(config=config.embed_config(exported.uri), dataset=dataset, store_root=root)
     clusters = cluster(config=config.cluster, embeddings=embeddings, store_root=root)
     refs = {
         "ingest": dataset,
-        "train": model,
+        "train": classifier,
         "export": exported,
         "embed": embeddings,
         "cluster": clusters,

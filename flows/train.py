@@ -14,8 +14,8 @@ from tasks.encoder import build_encoder
 from tasks.train import (
     check_training_inputs,
     encode_features,
-    train_model,
-    training_features_name,
+    train_classifier,
+    training_feature_names,
 )
 
 
@@ -26,20 +26,16 @@ def train(config: TrainConfig, dataset: ArtifactRef, store_root: str | None = No
     root = str(ArtifactStore(store_root).root)
     encoder = build_encoder(config=config.encoder, store_root=root)
     labels = check_training_inputs(config=config, dataset=dataset, encoder=encoder)
+    params = {"config": config, "dataset": dataset, "encoder": encoder, "store_root": root}
+    target = train_classifier.target(params)
     features = None
-    if config.uses_feature_cache:
-        names = [training_features_name(config, encoder)]
+    # A complete classifier needs no features: a cached rerun runs no per-shard task.
+    if config.uses_feature_cache and not target.complete:
+        names = training_feature_names(config, encoder)
         features = [
             encode_features(
                 encoder=encoder, shard=shard, shard_sha256=sha, names=names, store_root=root
             )
             for shard, sha in dataset_shard_entries(ArtifactStore(root), dataset)
         ]
-    return train_model(
-        config=config,
-        dataset=dataset,
-        encoder=encoder,
-        features=features,
-        labels=labels,
-        store_root=root,
-    )
+    return train_classifier(target=target, **params, features=features, labels=labels)

@@ -66,12 +66,12 @@ def _cmd_export(args: argparse.Namespace) -> str:
     from penultimate.artifacts import open_artifact
 
     config = load_config(ExportConfig, args.config) if args.config else ExportConfig()
-    model = open_artifact(args.model, "model")
+    classifier = open_artifact(args.classifier, "classifier")
     dataset = open_artifact(args.dataset, "dataset")
     _use_prefect_api()
     from flows.export import export
 
-    return export(model=model, dataset=dataset, config=config, store_root=args.store).uri
+    return export(classifier=classifier, dataset=dataset, config=config, store_root=args.store).uri
 
 
 def _cmd_embed(args: argparse.Namespace) -> str:
@@ -166,8 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dataset", required=True, help="dataset artifact folder (ingest's URI)")
     train.set_defaults(run=_cmd_train)
 
-    export = sub.add_parser("export", help="model artifact -> verified SavedModel artifact")
-    export.add_argument("--model", required=True, help="model artifact folder (train's URI)")
+    export = sub.add_parser("export", help="classifier artifact -> verified SavedModel artifact")
+    export.add_argument(
+        "--classifier", required=True, help="classifier artifact folder (train's URI)"
+    )
     export.add_argument("--dataset", required=True, help="dataset artifact (held-out check texts)")
     export.add_argument("--config", help="YAML file with ExportConfig fields")
     export.set_defaults(run=_cmd_export)

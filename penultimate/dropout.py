@@ -12,18 +12,21 @@ from typing import Any
 import tensorflow as tf
 import tf_keras
 
-MASK_MODES = ("element", "feature", "token", "sample", "batch_shared")
+from penultimate.config import MaskMode
+
+# The config's list of modes is the layer's: one enum, so a mode cannot exist in one only.
+MASK_MODES = tuple(mode.value for mode in MaskMode)
 
 # Per mode, which input axes (batch, tokens, features) the mask varies along; the others get
 # noise-shape 1 so one draw is broadcast over them.
 _VARYING_AXES = {
-    "element": (True, True, True),
-    "feature": (True, False, True),
-    "token": (True, True, False),
-    "sample": (True, False, False),
-    "batch_shared": (False, False, True),
+    MaskMode.element: (True, True, True),
+    MaskMode.feature: (True, False, True),
+    MaskMode.token: (True, True, False),
+    MaskMode.sample: (True, False, False),
+    MaskMode.batch_shared: (False, False, True),
 }
-_NEEDS_TOKENS = ("feature", "token")
+_NEEDS_TOKENS = (MaskMode.feature, MaskMode.token)
 
 
 @tf_keras.utils.register_keras_serializable(package="penultimate")

@@ -9,7 +9,7 @@ import resource
 import sys
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -39,6 +39,7 @@ from penultimate.shard_features import (
     l2_normalize,
     read_features,
     read_shard,
+    side_by_side,
 )
 from penultimate.stages import EMBEDDING_SHARD_STAGE
 
@@ -87,26 +88,29 @@ class ClassifierHead:
     penultimate features [n, dim] (hidden layers, every dropout off), as its export computes them.
 
     Args:
-        model: the model artifact.
-        input_name: the (layer, pooling) vector the classifier pools, e.g. `layer_5_mean`.
+        classifier: the classifier artifact.
+        input_names: the (layer, pooling) vectors the classifier pools, e.g. `["layer_5_mean"]`
+            (two, side by side, for `mean_max`).
     """
 
-    def __init__(self, model: ArtifactRef, input_name: str) -> None:
+    def __init__(self, classifier: ArtifactRef, input_names: list[str]) -> None:
         from penultimate.train import TrainedClassifier
 
-        classifier = TrainedClassifier.load(model.path).model
-        self.input_name = input_name
-        hidden = classifier.train_config.hidden
+        model = TrainedClassifier.load(classifier.path).model
+        self.input_names = input_names
+        hidden = model.train_config.hidden
         self.dim = hidden[-1].units if hidden else None
 
         @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32)])
         def run(features: tf.Tensor) -> tf.Tensor:
-            return classifier.penultimate(features, False)
+            return model.penultimate(features, False)
 
         self._run = run
 
-    def __call__(self, features: np.ndarray) -> np.ndarray:
-        return _in_chunks(self._run, features).astype(np.float32)
+    def __call__(self, features: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The penultimate features from the named pooled vectors (a features artifact's)."""
+        pooled = side_by_side(features, self.input_names)
+        return _in_chunks(self._run, pooled).astype(np.float32)
 
 
 class EncoderEmbedder:
@@ -192,7 +196,7 @@ class FeatureEmbedder:
         self.head = head if wants_head else None
         self.names = choices_needed(choice, self.num_layers)
         self.feature_names = sorted(
-            set(self.names) | ({self.head.input_name} if self.head else set())
+            set(self.names) | set(self.head.input_names if self.head else ())
         )
         self.choice_blocks = None
         if choice.source == EmbedSource.all_choices:
@@ -214,12 +218,12 @@ class FeatureEmbedder:
         tokens, features = read_features(ref, self.feature_names, frame["id"])
         if self.choice.source == EmbedSource.penultimate:
             assert self.head is not None
-            vectors = self.head(features[self.head.input_name])
+            vectors = self.head(features)
             vectors = l2_normalize(vectors) if self.choice.normalize else vectors
         else:
             named = {name: features[name] for name in self.names}
             if self.head is not None:
-                named[PENULTIMATE_BLOCK] = self.head(features[self.head.input_name])
+                named[PENULTIMATE_BLOCK] = self.head(features)
             vectors = embedding_from_choices(self.choice, named, self.num_layers)
         return ShardVectors(vectors, tokens, encoded, ref.key)
 
@@ -371,9 +375,9 @@ def load_embedder(
     frozen = frozen_classifier_parts(store, model)
     if frozen is None or choice.precision != Precision.float32:
         return ExportedEmbedder(Path(model_uri) / "saved_model", choice, batch_size)
-    classifier, encoder, input_name = frozen
+    classifier, encoder, input_names = frozen
     needs_head = choice.source in (EmbedSource.penultimate, EmbedSource.all_choices)
-    head = ClassifierHead(classifier, input_name) if needs_head else None
+    head = ClassifierHead(classifier, input_names) if needs_head else None
     return FeatureEmbedder(store, encoder, choice, batch_size, head)
 
 

@@ -82,9 +82,7 @@ class ClassifierServing(tf.Module):
         return {"mean": tf.reduce_mean(draws, axis=0), "std": tf.math.reduce_std(draws, axis=0)}
 
 
-def export_classifier(
-    trained: TrainedClassifier, out: Path, probe_texts: list[str]
-) -> dict[str, Any]:
+def write_export(trained: TrainedClassifier, out: Path, probe_texts: list[str]) -> dict[str, Any]:
     """Save into `out/saved_model`, verify in a fresh process, and return the report."""
     module = ClassifierServing(trained)
     signatures = {

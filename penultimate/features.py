@@ -63,7 +63,10 @@ def select_layer(outputs: Mapping[str, Any], layer: int) -> tf.Tensor:
 
 
 def pool_tokens(states: tf.Tensor, mask: tf.Tensor, pooling: Pooling | str) -> tf.Tensor:
-    """[batch, tokens, features] -> [batch, features] with a token-level pooling."""
+    """[batch, tokens, features] -> [batch, features] with a token-level pooling ([batch,
+    2 * features] for `mean_max`: mean, then max)."""
+    if pooling == Pooling.mean_max:
+        return tf.concat([masked_mean(states, mask), masked_max(states, mask)], axis=-1)
     if pooling == Pooling.cls:
         return cls_token(states)
     if pooling == Pooling.mean:

@@ -13,7 +13,7 @@ def headline(stage: str, metrics: Mapping) -> str:
     """The one line of numbers that matters for each stage."""
     if stage == "dataset":
         return f"{metrics.get('rows')} rows; per split {metrics.get('rows_per_split')}"
-    if stage == "model":
+    if stage == "classifier":
         test = metrics.get("test") or {}
         numbers = ("accuracy", "f1", "roc_auc")
         return "test " + ", ".join(f"{n} {test[n]:.4f}" for n in numbers if test.get(n) is not None)
@@ -21,7 +21,8 @@ def headline(stage: str, metrics: Mapping) -> str:
         diffs = (metrics.get("max_abs_diff") or {}).values()
         return f"reloaded in a fresh process, max abs diff {max(diffs, default=float('nan')):.1e}"
     if stage == "embeddings":
-        return f"{metrics.get('rows')} vectors of dim {metrics.get('dim')}"
+        reused = "" if metrics.get("encoded_texts") else " (from cached features, no encoder pass)"
+        return f"{metrics.get('rows')} vectors of dim {metrics.get('dim')}{reused}"
     if stage == "clusters":
         numbers = ("silhouette", "ari", "nmi", "purity")
         scores = ", ".join(f"{n} {metrics[n]:.3f}" for n in numbers if n in metrics)

@@ -17,9 +17,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from penultimate.artifacts import ArtifactRef, ArtifactStore
-from penultimate.config import EmbeddingChoice, EmbedPooling, EmbedSource, LayerCombine
+from penultimate.config import EmbeddingChoice, EmbedSource, LayerCombine, Pooling
 from penultimate.errors import InputError
-from penultimate.stages import ENCODER_STAGE, FEATURES_STAGE, MODEL_STAGE
+from penultimate.stages import CLASSIFIER_STAGE, ENCODER_STAGE, FEATURES_STAGE
 
 FEATURES_FILE = "features.parquet"
 # Tokens per text with [CLS] and [SEP], before truncation to the encoder's seq_length.
@@ -47,14 +47,19 @@ def choice_name(layer: int, pooling: str, num_layers: int) -> str:
     return f"layer_{layer % num_layers}_{pooling}"
 
 
+def pooling_names(layer: int, pooling: str, num_layers: int) -> list[str]:
+    """The vectors one (layer, pooling) is made of, side by side: two for `mean_max`."""
+    poolings = ("mean", "max") if pooling == Pooling.mean_max else (pooling,)
+    return [choice_name(layer, str(p), num_layers) for p in poolings]
+
+
 def choices_needed(choice: EmbeddingChoice, num_layers: int) -> list[str]:
     """The (layer, pooling) vectors an encoder embedding choice is made from, in block order."""
     if choice.source == EmbedSource.all_choices:
         return encoder_choice_names(num_layers)
     if choice.source == EmbedSource.penultimate:
         return []
-    poolings = ("mean", "max") if choice.pooling == EmbedPooling.mean_max else (choice.pooling,)
-    return [choice_name(layer, str(p), num_layers) for layer in choice.layers for p in poolings]
+    return [n for layer in choice.layers for n in pooling_names(layer, choice.pooling, num_layers)]
 
 
 def l2_normalize(vectors: np.ndarray) -> np.ndarray:
@@ -71,12 +76,11 @@ def embedding_from_choices(
     if choice.source == EmbedSource.all_choices:
         blocks = [l2_normalize(v) if choice.normalize else v for v in vectors.values()]
         return np.concatenate(blocks, axis=1).astype(np.float32)
-    if choice.pooling == EmbedPooling.pooled:
+    if choice.pooling == Pooling.pooled:
         vector = vectors["pooled"]
     else:
-        poolings = ("mean", "max") if choice.pooling == EmbedPooling.mean_max else (choice.pooling,)
         per_layer = [
-            np.concatenate([vectors[choice_name(i, str(p), num_layers)] for p in poolings], axis=1)
+            side_by_side(vectors, pooling_names(i, choice.pooling, num_layers))
             for i in choice.layers
         ]
         if len(per_layer) == 1:
@@ -87,6 +91,13 @@ def embedding_from_choices(
             vector = np.concatenate(per_layer, axis=1)
     vector = vector.astype(np.float32)
     return l2_normalize(vector) if choice.normalize else vector
+
+
+def side_by_side(vectors: Mapping[str, np.ndarray], names: Sequence[str]) -> np.ndarray:
+    """The named [n, dim] vectors concatenated, in order."""
+    if len(names) == 1:
+        return vectors[names[0]]
+    return np.concatenate([vectors[n] for n in names], axis=1)
 
 
 def features_key(
@@ -174,14 +185,14 @@ def read_features(
 
 def frozen_classifier_parts(
     store: ArtifactStore, export: ArtifactRef
-) -> tuple[ArtifactRef, ArtifactRef, str] | None:
-    """(model, encoder, the head's input vector name) of an exported classifier whose encoder did
+) -> tuple[ArtifactRef, ArtifactRef, list[str]] | None:
+    """(classifier, encoder, the head's input vectors) of an exported classifier whose encoder did
     not train and whose encoder artifact is in `store`, else None: its embeddings can then come
     from that encoder's cached features and the head, with no pass through the export."""
     manifest = store.read_manifest(export)
     if manifest is None:
         return None
-    model_input = next((i for i in manifest.inputs if i.stage == MODEL_STAGE.name), None)
+    model_input = next((i for i in manifest.inputs if i.stage == CLASSIFIER_STAGE.name), None)
     if model_input is None:
         return None
     model = store.resolve(model_input)
@@ -195,4 +206,4 @@ def frozen_classifier_parts(
     if train.get("freeze") != "all" or encoder_manifest is None:
         return None
     num_layers = int(encoder_manifest.metrics["num_layers"])
-    return model, encoder, choice_name(train["layer"], train["pooling"], num_layers)
+    return model, encoder, pooling_names(train["layer"], train["pooling"], num_layers)

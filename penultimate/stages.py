@@ -18,8 +18,9 @@ ENCODER_STAGE = Stage("encoder", "4")
 # 2: one artifact per dataset shard and encoder, named vectors as Parquet columns plus token counts.
 FEATURES_STAGE = Stage("features", "2")
 # 2: classifier.json names its encoder artifact by key.
-# 3: trained on per-shard features artifacts (named in the metrics, not in the key).
-MODEL_STAGE = Stage("model", "3")
+# 3: named `classifier` (was `model`); trained on per-shard features artifacts (named in the
+#    metrics, not in the key).
+CLASSIFIER_STAGE = Stage("classifier", "3")
 # 2: `encode` also returns `penultimate`, so every choice comes from one encoder pass.
 # 3: inputs packed through the standard `tokenize` + `bert_pack_inputs` (any TF-Hub preprocessor);
 #    `seq_length` kept as a variable.

@@ -23,7 +23,7 @@ from penultimate.classifier import (
     WarmupLinearDecay,
     encoder_variables_to_train,
 )
-from penultimate.config import ClassWeights, TrainConfig
+from penultimate.config import ClassWeights, Pooling, TrainConfig
 from penultimate.encoders.pair import EncoderInfo, EncoderPair
 from penultimate.errors import InputError
 from penultimate.evaluation import classification_metrics, plot_confusion_matrix
@@ -33,7 +33,7 @@ from penultimate.features import (
     length_sorted_batches,
     load_encoder,
 )
-from penultimate.shard_features import FEATURES_FILE, read_features
+from penultimate.shard_features import FEATURES_FILE, read_features, side_by_side
 from penultimate.stages import ENCODER_STAGE
 
 CLASSIFIER_FILE = "classifier.json"
@@ -106,19 +106,21 @@ def _width_at(at: str, config: TrainConfig, encoder: EncoderInfo) -> int:
         return config.hidden[int(at.split(":")[1])].units
     if at == "head" and config.hidden:
         return config.hidden[-1].units
+    if at != "sequence" and config.pooling == Pooling.mean_max:
+        return 2 * encoder.hidden_size  # mean and max side by side
     return encoder.hidden_size
 
 
 def split_features(
-    frame: pl.DataFrame, features: Sequence[ArtifactRef], name: str
+    frame: pl.DataFrame, features: Sequence[ArtifactRef], names: Sequence[str]
 ) -> dict[str, np.ndarray]:
-    """The `name` vectors of a dataset's features artifacts (one per shard) as [rows, dim] per
-    split, in the frame's row order within each split."""
+    """The `names` vectors (side by side) of a dataset's features artifacts (one per shard) as
+    [rows, dim] per split, in the frame's row order within each split."""
     ids, matrices = [], []
     for ref in features:
         table_ids = pl.read_parquet(ref.path / FEATURES_FILE, columns=["id"])["id"]
         ids.extend(table_ids.to_list())
-        matrices.append(read_features(ref, [name])[1][name])
+        matrices.append(side_by_side(read_features(ref, names)[1], names))
     matrix = np.concatenate(matrices) if matrices else np.zeros((0, 0), np.float32)
     position = {row_id: i for i, row_id in enumerate(ids)}
     result = {}
@@ -221,7 +223,7 @@ def build_classifier(
     return model
 
 
-def train_classifier(
+def fit_classifier(
     config: TrainConfig,
     frame: pl.DataFrame,
     labels: LabelSpace,
@@ -323,7 +325,7 @@ def write_classifier_info(
     info = {
         "train_config": config.model_dump(mode="json"),
         "labels": labels.names,
-        # By key, not path: the model artifact finds its encoder in its own store, wherever the
+        # By key, not path: the classifier artifact finds its encoder in its own store, wherever the
         # store is mounted (and whatever became of a TF-Hub pair's original folder).
         "encoder_key": encoder.key,
     }
@@ -332,7 +334,7 @@ def write_classifier_info(
 
 @dataclass
 class TrainedClassifier:
-    """A model artifact loaded back: the Keras classifier with its weights, and what it needs."""
+    """A classifier artifact loaded back: the Keras classifier, its weights, what it needs."""
 
     model: TextClassifier
     loaded: LoadedEncoder

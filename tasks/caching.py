@@ -127,20 +127,24 @@ class ArtifactTask:
         root = hashlib.sha256(str(Path(ref.uri).parent.parent).encode()).hexdigest()
         return f"{ref.stage}-{ref.key}-{root[:12]}"
 
-    def _with_target(self, params: dict[str, Any]) -> tuple[Task, dict[str, Any]]:
-        target = self.target(params)
+    def _with_target(
+        self, target: ArtifactTarget | None, params: dict[str, Any]
+    ) -> tuple[Task, dict[str, Any]]:
+        target = target or self.target(params)
         return self.task.with_options(refresh_cache=not target.complete), {
             **params,
             "target": target,
         }
 
-    def __call__(self, **params: Any) -> ArtifactRef:
-        runnable, params = self._with_target(params)
+    def __call__(self, *, target: ArtifactTarget | None = None, **params: Any) -> ArtifactRef:
+        """Run the task; `target`, when the caller has worked it out already (`self.target`),
+        is not worked out again."""
+        runnable, params = self._with_target(target, params)
         return runnable(**params)
 
-    def submit(self, **params: Any) -> PrefectFuture:
+    def submit(self, *, target: ArtifactTarget | None = None, **params: Any) -> PrefectFuture:
         """Run on the flow's task runner (e.g. a Dask worker); parameters must be plain values."""
-        runnable, params = self._with_target(params)
+        runnable, params = self._with_target(target, params)
         return runnable.submit(**params)
 
 

@@ -1,4 +1,4 @@
-"""Export task: a model artifact -> a verified SavedModel artifact serving raw strings.
+"""Export task: a classifier artifact -> a verified SavedModel artifact serving raw strings.
 
 The manifest records the signatures with their shapes and the verification diffs.
 """
@@ -21,15 +21,15 @@ from tasks.caching import artifact_task
 
 
 @artifact_task(EXPORT_STAGE, name="export-classifier")
-def export_model(
-    out: Path, config: ExportConfig, model: ArtifactRef, dataset: ArtifactRef, store_root: str
+def export_classifier(
+    out: Path, config: ExportConfig, classifier: ArtifactRef, dataset: ArtifactRef, store_root: str
 ) -> dict[str, Any]:
     """Save, reload in a fresh process, compare; publish only a SavedModel that passes."""
-    from penultimate.export import export_classifier
+    from penultimate.export import write_export
     from penultimate.train import TrainedClassifier
 
-    trained = TrainedClassifier.load(model.path)
+    trained = TrainedClassifier.load(classifier.path)
     texts = held_out_texts(dataset, config.verify_texts)
-    report = export_classifier(trained, out, texts)
+    report = write_export(trained, out, texts)
     get_run_logger().info("export verified on %d texts: %s", len(texts), report["max_abs_diff"])
     return report

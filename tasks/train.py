@@ -17,8 +17,8 @@ from penultimate.config import TrainConfig
 from penultimate.encoders.pair import EncoderPair
 from penultimate.errors import InputError
 from penultimate.ingest import read_dataset
-from penultimate.shard_features import choice_name, features_key
-from penultimate.stages import FEATURES_STAGE, MODEL_STAGE
+from penultimate.shard_features import features_key, pooling_names
+from penultimate.stages import CLASSIFIER_STAGE, FEATURES_STAGE
 from tasks.caching import artifact_task
 
 # The library modules that load TensorFlow (or scikit-learn) are imported inside the task bodies:
@@ -79,13 +79,14 @@ def encode_features(
     return metrics
 
 
-def training_features_name(config: TrainConfig, encoder: ArtifactRef) -> str:
-    """The (layer, pooling) vector a frozen-encoder classifier trains on, e.g. `layer_5_mean`."""
+def training_feature_names(config: TrainConfig, encoder: ArtifactRef) -> list[str]:
+    """The (layer, pooling) vectors a frozen-encoder classifier trains on, e.g. `["layer_5_mean"]`
+    (two, side by side, for `mean_max`)."""
     layers = EncoderPair(encoder.path).read_info().num_layers
-    return choice_name(config.layer, str(config.pooling), layers)
+    return pooling_names(config.layer, str(config.pooling), layers)
 
 
-def model_identity(params: Mapping[str, Any]) -> tuple[dict[str, Any], list[ArtifactRef]]:
+def classifier_identity(params: Mapping[str, Any]) -> tuple[dict[str, Any], list[ArtifactRef]]:
     config: TrainConfig = params["config"]
     # The encoder section only says where the encoder came from (a path, a handle); the encoder
     # artifact's key, an input, says what it is. The features are a function of the dataset,
@@ -127,9 +128,12 @@ def _show_metrics(ref: ArtifactRef, manifest: Manifest, params: Mapping[str, Any
 
 
 @artifact_task(
-    MODEL_STAGE, identity=model_identity, after_publish=_show_metrics, name="train-classifier"
+    CLASSIFIER_STAGE,
+    identity=classifier_identity,
+    after_publish=_show_metrics,
+    name="train-classifier",
 )
-def train_model(
+def train_classifier(
     out: Path,
     config: TrainConfig,
     dataset: ArtifactRef,
@@ -138,12 +142,12 @@ def train_model(
     labels: list[str],
     store_root: str,
 ) -> dict[str, Any]:
-    """Train and evaluate; the model artifact holds weights, history, metrics and plots."""
+    """Train and evaluate; the classifier artifact holds weights, history, metrics and plots."""
     from penultimate.features import load_encoder
     from penultimate.train import (
         LabelSpace,
+        fit_classifier,
         split_features,
-        train_classifier,
         write_classifier_info,
     )
 
@@ -151,9 +155,9 @@ def train_model(
     loaded = load_encoder(pair)
     frame = read_dataset(dataset)
     label_space = LabelSpace(labels)
-    name = training_features_name(config, encoder)
-    x = split_features(frame, features, name) if features else None
-    metrics = train_classifier(
+    names = training_feature_names(config, encoder)
+    x = split_features(frame, features, names) if features else None
+    metrics = fit_classifier(
         config, frame, label_space, pair, loaded, out, x, get_run_logger().info
     )
     write_classifier_info(out, config, label_space, encoder)

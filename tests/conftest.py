@@ -88,11 +88,25 @@ def store_with_encoder(tmp_path: Path, minilm_pair: Path) -> str:
 
 
 @pytest.fixture(scope="session")
-def minilm_pair(prefect_api: str, encoder_store: str) -> Path:
-    """The built-in encoder, built once through the real build-encoder flow."""
-    from flows.build_encoder import build_encoder_flow
+def minilm_pair(encoder_store: str) -> Path:
+    """The built-in encoder, built once by the library converter (no Prefect server needed) into
+    the session's store under the key the build-encoder task computes, so flows reuse it."""
+    from penultimate.artifacts import ArtifactStore
+    from penultimate.config import EncoderConfig
+    from penultimate.encoders.bert_convert import build_encoder_pair
+    from penultimate.encoders.pair import EncoderPair
+    from penultimate.encoders.sources import resolve_weights_folder
+    from penultimate.stages import ENCODER_STAGE
+    from tasks.encoder import encoder_identity
 
-    return build_encoder_flow(store_root=encoder_store).path
+    config = EncoderConfig()
+    key_config, _ = encoder_identity({"config": config})
+
+    def build(out: Path) -> dict[str, Any]:
+        build_encoder_pair(resolve_weights_folder(config.source or ""), out, seq_length=128)
+        return EncoderPair(out).read_info().summary()
+
+    return ArtifactStore(encoder_store).publish(ENCODER_STAGE, key_config, build).ref.path
 
 
 @pytest.fixture(scope="session")
@@ -112,6 +126,23 @@ def hub_pair(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     import_hub_pair(config, EncoderPair(folder))
     return folder
+
+
+# Test kinds, by what they need: `library` (plain functions, layers and models; no services),
+# `flow` (a real Prefect server and Dask), `e2e` (deployments, workers, the Prefect UI).
+E2E_MODULES = {"test_deployments.py", "test_browser.py"}
+FLOW_MODULES = {"test_dask_cluster.py"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.path.name
+        if module in E2E_MODULES:
+            item.add_marker(pytest.mark.e2e)
+        elif module in FLOW_MODULES or {"prefect_api", "dask_cluster"} & set(item.fixturenames):
+            item.add_marker(pytest.mark.flow)
+        else:
+            item.add_marker(pytest.mark.library)
 
 
 def task_run_states(flow_state: object, subflows: bool = False) -> dict[str, str]:

@@ -97,9 +97,16 @@ def test_saved_models_are_relocatable(pair: EncoderPair, tmp_path: Path) -> None
     ]
 
 
-def test_build_encoder_rerun_is_cached(minilm_pair: Path, encoder_store: str) -> None:
+def test_build_encoder_rerun_is_cached(
+    minilm_pair: Path, encoder_store: str, prefect_api: str
+) -> None:
     from flows.build_encoder import build_encoder_flow
 
+    built = (minilm_pair / "manifest.json").stat().st_mtime_ns
+    first = build_encoder_flow(store_root=encoder_store, return_state=True)
+    # The fixture's artifact (same key) is complete: the flow reuses it, rebuilding nothing.
+    assert first.result().path == minilm_pair
+    assert (minilm_pair / "manifest.json").stat().st_mtime_ns == built
     state = build_encoder_flow(store_root=encoder_store, return_state=True)
     assert state.result().path == minilm_pair
     assert task_run_states(state)["build-encoder"] == "Cached"

@@ -45,6 +45,12 @@ FINE_TUNED = {"freeze": "top:1", "pooling": "mean", "hidden": [{"units": 16}]}
 TRAIN_RUNS = {
     "frozen-pooled": {"freeze": "all", "pooling": "pooled"},
     "frozen-cls": {"freeze": "all", "pooling": "cls"},
+    # Mean and max side by side: 128 features, so a dropout column past the encoder's 64 exists.
+    "frozen-mean_max": {
+        "freeze": "all",
+        "pooling": "mean_max",
+        "dropout": [{"at": "pooled", "rate": 0.2, "columns": [100]}],
+    },
     "fine-tuned-mean": FINE_TUNED,
 }
 
@@ -115,10 +121,10 @@ def test_import_records_the_pair_and_keys_it_by_content(store: str, tmp_path: Pa
     assert (ref.path / "encoder" / "saved_model.pb").is_file()  # copied, not pointed at
     # The same bytes in another folder are the same encoder: the key follows content, not path.
     shutil.copytree(HUB_PAIR, tmp_path / "elsewhere")
-    same = build_encoder.expected_ref(
+    same = build_encoder.target(
         {"config": EncoderConfig(**hub_encoder(tmp_path / "elsewhere")), "store_root": store}
     )
-    assert same == ref
+    assert same.ref == ref and same.complete
 
 
 def test_train_every_freeze_and_pooling_on_the_pair(models: dict[str, ArtifactRef]) -> None:
@@ -132,7 +138,7 @@ def test_train_every_freeze_and_pooling_on_the_pair(models: dict[str, ArtifactRe
 def test_export_of_the_fine_tuned_pair_verifies_and_serves(
     models: dict[str, ArtifactRef], dataset: ArtifactRef, store: str
 ) -> None:
-    exported = export(model=models["fine-tuned-mean"], dataset=dataset, store_root=store)
+    exported = export(classifier=models["fine-tuned-mean"], dataset=dataset, store_root=store)
     manifest = ArtifactStore(store).validate(exported)
     assert max(manifest.metrics["max_abs_diff"].values()) <= 1e-5  # checked in a fresh process
     assert manifest.metrics["encoder"]["num_layers"] == 2
@@ -216,9 +222,10 @@ def test_handles_resolve_through_the_tfhub_cache(
     monkeypatch.setenv("TFHUB_CACHE_DIR", str(cache))
     by_handle = EncoderConfig(**handles, seq_length=SEQ_LENGTH)
     by_folder = EncoderConfig(**hub_encoder(HUB_PAIR))
-    assert build_encoder.expected_ref(
-        {"config": by_handle, "store_root": store}
-    ) == build_encoder.expected_ref({"config": by_folder, "store_root": store})
+    assert (
+        build_encoder.target({"config": by_handle, "store_root": store}).ref
+        == build_encoder.target({"config": by_folder, "store_root": store}).ref
+    )
     # Not in the cache, and its server (a closed port on this machine) does not answer.
     with pytest.raises(HubPairError, match=r"encoder\.hub_encoder: handle .* does not resolve"):
         resolve_handle("https://127.0.0.1:9/models/bert/1", "hub_encoder")
@@ -258,7 +265,7 @@ def test_new_weights_at_the_same_path_give_new_keys_and_a_moved_folder_breaks_no
     # check runs again: its config names the new path).
     moved = tmp_path / "moved-bert"
     folder.rename(moved)
-    exported = export(model=second.result(), dataset=dataset, store_root=store)
+    exported = export(classifier=second.result(), dataset=dataset, store_root=store)
     assert ArtifactStore(store).validate(exported) is not None
     again = train(config=train_config(moved), dataset=dataset, store_root=store, return_state=True)
     assert again.result() == second.result()

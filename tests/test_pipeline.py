@@ -78,16 +78,17 @@ def check_reruns(corpus_slice: Path, store: str, prefect_api: str, address: str)
     assert {"cluster-summary", "cluster-report"} <= prefect_artifact_keys(prefect_api)
 
     # Every embedding shard is complete on a rerun, so the embed stage starts no cluster and
-    # runs no shard task; every other stage task is Cached.
-    cached = STAGE_TASKS - {"embed-shard"}
+    # runs no shard task, and the classifier is complete, so no features task runs; every other
+    # stage task is Cached.
+    cached = STAGE_TASKS - {"embed-shard", "encode-features"}
     _, again = run(config, store)
-    assert "embed-shard" not in again
+    assert "embed-shard" not in again and "encode-features" not in again
     assert {name: again[name] for name in cached} == {name: {"Cached"} for name in cached}
 
     new_k = config.model_copy(update={"cluster": config.cluster.model_copy(update={"k": 3})})
     _, cluster_only = run(new_k, store)
     assert cluster_only.pop("cluster-embeddings") == {"Completed"}
-    assert "embed-shard" not in cluster_only
+    assert "embed-shard" not in cluster_only and "encode-features" not in cluster_only
     assert all(cluster_only[name] == {"Cached"} for name in cached - {"cluster-embeddings"})
 
     dropout = config.model_copy(

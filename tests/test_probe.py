@@ -125,11 +125,15 @@ def test_probe_is_reproducible_and_a_rerun_is_cached(
     assert work == {(task, "Cached") for task in WORK_TASKS - {"embed-shard"}}, states
 
 
-def encoded_texts(store: ArtifactStore, stage: str) -> dict[str, int]:
-    """Key -> texts that went through an encoder, of every artifact of `stage` in the store."""
+def encoded_texts(store: ArtifactStore, stage: str, dataset: ArtifactRef) -> dict[str, int]:
+    """Key -> texts that went through an encoder, of every artifact of `stage` made from the
+    shards of `dataset` (the session's store holds other tests' artifacts too)."""
+    shards = store.relative(dataset.path)
+    manifests = {ref.key: store.read_manifest(ref) for ref in store.artifacts(stage)}
     return {
-        ref.key: store.read_manifest(ref).metrics["encoded_texts"]  # type: ignore[union-attr]
-        for ref in store.artifacts(stage)
+        key: m.metrics["encoded_texts"]
+        for key, m in manifests.items()
+        if m is not None and m.metrics["source_shard"].startswith(shards)
     }
 
 
@@ -146,7 +150,7 @@ def test_the_probes_encoder_pass_serves_later_embeddings_and_training(
 
     store = ArtifactStore(encoder_store)
     dataset = ingest(config=config.ingest, store_root=encoder_store)
-    features_before = encoded_texts(store, "features")
+    features_before = encoded_texts(store, "features", dataset)
     # The probe encoded each of its shards' rows once (every row, so val rows would be served too).
     assert sum(features_before.values()) == dataset_rows(store, dataset)
     # A single choice later: its vectors are columns of the probe's features, no encoder pass.
@@ -155,7 +159,7 @@ def test_the_probes_encoder_pass_serves_later_embeddings_and_training(
     )
     ref = embed(config=single, dataset=dataset, store_root=encoder_store)
     assert store.read_manifest(ref).metrics["encoded_texts"] == 0  # type: ignore[union-attr]
-    assert encoded_texts(store, "features") == features_before
+    assert encoded_texts(store, "features", dataset) == features_before
     # Training's per-shard features (a frozen encoder) are copied out of the probe's columns.
     from penultimate.features import fill_shard_features
     from penultimate.ingest import dataset_shard_entries

@@ -94,6 +94,12 @@ def test_inputs_checked_against_data_and_encoder() -> None:
     )
     with pytest.raises(TrainInputError, match="16 features at head"):
         validate_training_inputs(hidden, DATASET, counts(good), SHAPE)
+    # mean_max puts mean and max side by side: twice the encoder's width after pooling.
+    both = {"pooling": "mean_max", "dropout": [{"at": "pooled", "columns": [700]}]}
+    validate_training_inputs(TrainConfig.model_validate(both), DATASET, counts(good), SHAPE)
+    both["dropout"] = [{"at": "pooled", "columns": [768]}]
+    with pytest.raises(TrainInputError, match=r"\[768\] out of range for 768 features at pooled"):
+        validate_training_inputs(TrainConfig.model_validate(both), DATASET, counts(good), SHAPE)
     with pytest.raises(TrainInputError, match="no label column"):
         validate_training_inputs(TrainConfig(), DATASET, counts(good.drop("label")), SHAPE)
 

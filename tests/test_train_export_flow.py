@@ -76,7 +76,8 @@ def test_rerun_is_cached_and_other_head_reuses_the_feature_cache(
 ) -> None:
     again, states = run_train(NO_DROPOUT, dataset, store)
     assert again == plain_model
-    assert states["train-classifier"] == "Cached" and states["encode-features"] == "Cached"
+    # The classifier is complete: no features task runs at all.
+    assert states["train-classifier"] == "Cached" and "encode-features" not in states
     other, states = run_train(WITH_DROPOUT, dataset, store)
     assert other.key != plain_model.key
     assert states["encode-features"] == "Cached"  # same dataset, encoder, layer and pooling
@@ -103,7 +104,7 @@ def test_fine_tuning_runs_end_to_end_without_feature_cache(
 def exported(dataset: ArtifactRef, store: str) -> tuple[ArtifactRef, ArtifactRef]:
     """The dropout model (hidden layer, pooled and head dropout) and its export."""
     model, _ = run_train(WITH_DROPOUT, dataset, store)  # trained by the feature-cache test
-    return model, export(model=model, dataset=dataset, store_root=store)
+    return model, export(classifier=model, dataset=dataset, store_root=store)
 
 
 def test_exported_model_serves_predictions_embeddings_layers_and_mc(

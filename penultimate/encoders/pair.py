@@ -52,7 +52,9 @@ def encoder_layers(manifest: Manifest | None) -> int:
     """The layers of the encoder of an `encoder` artifact, or inside an `export` artifact, read
     from the artifact's manifest."""
     if manifest is None:
-        raise InputError("the model artifact is not complete (manifest.json missing or invalid)")
+        raise InputError(
+            "the encoder or export artifact is not complete (manifest.json missing or invalid)"
+        )
     if manifest.stage == "export":
         return int(manifest.metrics["encoder"]["num_layers"])
     return int(manifest.metrics["num_layers"])
