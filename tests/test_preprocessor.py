@@ -21,10 +21,10 @@ import tensorflow_hub as hub
 import tf_keras
 
 from conftest import FIXTURES
+from penultimate.encoders.pair import EncoderPair
 from penultimate.encoders.preprocessor import (
     BertPreprocessor,
     normalize_like_bert_reference,
-    save_preprocessor,
 )
 from penultimate.encoders.sources import resolve_weights_folder
 from penultimate.features import pack_to_longest
@@ -196,10 +196,12 @@ PAIRS: list[tuple[str, str, int, list[int], list[int]]] = [
 
 
 @pytest.fixture(scope="session")
-def saved_preprocessor(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("preprocessor") / "saved_model"
-    save_preprocessor(VOCAB, path, seq_length=SEQ_LENGTH)
-    return path
+def saved_preprocessor(minilm_pair: Path) -> Path:
+    """The built-in encoder's preprocessor: `save_preprocessor(VOCAB, ...)` at SEQ_LENGTH (checked
+    here), as `build_encoder_pair` makes it, so the session builds it once."""
+    pair = EncoderPair(minilm_pair)
+    assert pair.read_info().seq_length == SEQ_LENGTH
+    return pair.preprocessor
 
 
 @pytest.fixture(scope="module")
