@@ -1,4 +1,5 @@
-"""The build-encoder flow: BERT safetensors -> TF-Hub-format preprocessor + encoder artifact.
+"""The build-encoder flow: built-in weights, a BERT safetensors folder or a TF-Hub / Kaggle pair ->
+TF-Hub-format preprocessor + encoder artifact.
 
 Run with `penultimate build-encoder [--config FILE]` or as the `build-encoder` deployment.
 """

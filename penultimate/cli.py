@@ -154,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.set_defaults(run=_cmd_ingest)
 
     encoder = sub.add_parser(
-        "build-encoder", help="BERT safetensors -> TF-Hub-format encoder artifact"
+        "build-encoder",
+        help="built-in / BERT safetensors / TF-Hub pair -> TF-Hub-format encoder artifact",
     )
     encoder.add_argument(
         "--config", help="YAML file with EncoderConfig fields (default: minilm-l6)"
