@@ -153,13 +153,10 @@ def task_run_states(flow_state: object, subflows: bool = False) -> dict[str, str
 
 def prefect_artifact_keys(api_url: str) -> set[str]:
     """Keys of the Prefect artifacts the server holds (via the REST API the UI uses)."""
-    import httpx
-
-    response = httpx.post(
-        f"{api_url}/artifacts/filter", json={"limit": 200, "sort": "CREATED_DESC"}, timeout=30
+    artifacts = prefect_api_call(
+        api_url, "POST", "/artifacts/filter", {"limit": 200, "sort": "CREATED_DESC"}
     )
-    response.raise_for_status()
-    return {artifact["key"] for artifact in response.json() if artifact.get("key")}
+    return {artifact["key"] for artifact in artifacts if artifact.get("key")}
 
 
 def task_state_counts(flow_state: object, subflows: bool = False) -> dict[tuple[str, str], int]:
@@ -290,10 +287,19 @@ def prefect_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def prefect_api_call(api_url: str, method: str, path: str, body: Any = None) -> Any:
-    """One call of the REST API the Prefect UI uses; the decoded JSON answer (None if empty)."""
+    """One call of the REST API the Prefect UI uses; the decoded JSON answer (None if empty).
+
+    A busy SQLite server answers 503 while a write lock is held (seen with two test workers on two
+    cores); like Prefect's own client, the call is retried then, a few times with backoff."""
+    import time
+
     import httpx
 
-    response = httpx.request(method, f"{api_url}{path}", json=body, timeout=30)
+    for attempt in range(6):
+        response = httpx.request(method, f"{api_url}{path}", json=body, timeout=30)
+        if response.status_code not in (502, 503) or attempt == 5:
+            break
+        time.sleep(2**attempt / 2)
     response.raise_for_status()
     return response.json() if response.content else None
 
