@@ -45,7 +45,6 @@ from penultimate.stages import EMBEDDING_SHARD_STAGE
 
 SHARD_FILE = "embeddings.parquet"
 PASSTHROUGH = ("label", "split")
-__all__ = ["ShardError", "read_shard"]
 
 
 @dataclass
@@ -215,7 +214,7 @@ class FeatureEmbedder:
             self.choice.precision,
             self.batch_size,
         )
-        tokens, features = read_features(ref, self.feature_names, frame["id"])
+        _, tokens, features = read_features(ref, self.feature_names, frame["id"])
         if self.choice.source == EmbedSource.penultimate:
             assert self.head is not None
             vectors = self.head(features)

@@ -259,7 +259,7 @@ def fill_shard_features(
     frame = read_shard(shard)
     every = every_choice_features(store, encoder, shard_sha256, str(precision))
     if every is not None:
-        tokens, vectors = read_features(every, names)
+        _, tokens, vectors = read_features(every, names)
         encoded, copied_from = 0, every.key
     else:
         encoder_pass = choice_encoder(pair, tuple(names), precision)

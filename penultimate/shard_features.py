@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import polars as pl
@@ -164,15 +165,24 @@ def write_features(
     pq.write_table(pa.table(columns), path, compression="zstd")
 
 
+class ShardFeatures(NamedTuple):
+    """Rows of a features artifact: their ids, token counts [n] and named vectors [n, dim]."""
+
+    ids: list[str]
+    tokens: np.ndarray
+    vectors: dict[str, np.ndarray]
+
+
 def read_features(
     ref: ArtifactRef, names: Sequence[str], ids: pl.Series | None = None
-) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Token counts and the named vectors of a features artifact, for the rows `ids` (in that
-    order; every row if None)."""
+) -> ShardFeatures:
+    """The named vectors of a features artifact, for the rows `ids` (in that order; every row,
+    in shard order, if None)."""
     table = pq.read_table(ref.path / FEATURES_FILE, columns=["id", TOKENS_COLUMN, *names])
+    stored = table.column("id").to_pylist()
     rows = None
     if ids is not None:
-        position = {row_id: i for i, row_id in enumerate(table.column("id").to_pylist())}
+        position = {row_id: i for i, row_id in enumerate(stored)}
         rows = np.fromiter((position[i] for i in ids.to_list()), np.int64, len(ids))
     tokens = table.column(TOKENS_COLUMN).to_numpy()
     vectors = {}
@@ -180,7 +190,9 @@ def read_features(
         column = table.column(name).combine_chunks()
         matrix = column.values.to_numpy().reshape(len(column), column.type.list_size)
         vectors[name] = matrix if rows is None else matrix[rows]
-    return (tokens if rows is None else tokens[rows]), vectors
+    if rows is None:
+        return ShardFeatures(stored, tokens, vectors)
+    return ShardFeatures(ids.to_list(), tokens[rows], vectors)  # type: ignore[union-attr]
 
 
 def frozen_classifier_parts(

@@ -33,7 +33,7 @@ from penultimate.features import (
     length_sorted_batches,
     load_encoder,
 )
-from penultimate.shard_features import FEATURES_FILE, read_features, side_by_side
+from penultimate.shard_features import read_features, side_by_side
 from penultimate.stages import ENCODER_STAGE
 
 CLASSIFIER_FILE = "classifier.json"
@@ -118,9 +118,9 @@ def split_features(
     [rows, dim] per split, in the frame's row order within each split."""
     ids, matrices = [], []
     for ref in features:
-        table_ids = pl.read_parquet(ref.path / FEATURES_FILE, columns=["id"])["id"]
-        ids.extend(table_ids.to_list())
-        matrices.append(side_by_side(read_features(ref, names)[1], names))
+        shard = read_features(ref, names)
+        ids.extend(shard.ids)
+        matrices.append(side_by_side(shard.vectors, names))
     matrix = np.concatenate(matrices) if matrices else np.zeros((0, 0), np.float32)
     position = {row_id: i for i, row_id in enumerate(ids)}
     result = {}

@@ -241,6 +241,18 @@ def test_an_incomplete_embeddings_artifact_is_an_error(topics: ArtifactRef) -> N
         EmbeddingShards.open(topics)
 
 
+def test_a_moved_store_keeps_working(topics: ArtifactRef, tmp_path: Path) -> None:
+    # Manifests name shards and inputs by key and files of other artifacts relative to the root.
+    total = EmbeddingShards.open(topics).total
+    moved_root = tmp_path / "mounted-elsewhere"
+    topics.path.parent.parent.rename(moved_root)
+    moved = ArtifactStore(moved_root).ref(topics.stage, topics.key)
+    shards = EmbeddingShards.open(moved)
+    assert shards.total == total == 180
+    assert all(f.is_relative_to(moved_root) for f in shards.files + shards.dataset_shards)
+    assert all(f.is_file() for f in shards.dataset_shards)
+
+
 def test_a_damaged_shard_file_is_an_error(topics: ArtifactRef) -> None:
     manifest = ArtifactStore(topics.path.parent.parent).read_manifest(topics)
     key = manifest.metrics["shards"][1]["key"]  # type: ignore[union-attr]

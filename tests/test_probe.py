@@ -174,7 +174,9 @@ def test_the_probes_encoder_pass_serves_later_embeddings_and_training(
     assert every is not None and metrics["copied_from"] == every.key
     assert metrics["encoded_texts"] == 0 and metrics["rows"] > 0
     copied = pl.read_parquet(out / "features.parquet")["layer_5_mean"].to_numpy()
-    np.testing.assert_array_equal(copied, read_features(every, ["layer_5_mean"])[1]["layer_5_mean"])
+    np.testing.assert_array_equal(
+        copied, read_features(every, ["layer_5_mean"]).vectors["layer_5_mean"]
+    )
 
 
 def dataset_rows(store: ArtifactStore, dataset: ArtifactRef) -> int:
