@@ -36,13 +36,16 @@ $(CHROMIUM):
 
 # Two pytest workers (pytest-xdist), one per core: measured 9.8 min against 14.3 min for one
 # process on 2 cores; a third worker was slower (10.8 min), the TensorFlow work is CPU-bound.
+# loadgroup keeps the modules that share expensive fixtures on one worker and in the order
+# tests/conftest.py gives (slowest first); see SHARED_FIXTURE_GROUPS there.
 PYTEST_WORKERS ?= 2
+XDIST := -n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 test: lint $(CHROMIUM)
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS)
+	$(PY) -m pytest -q $(XDIST)
 
 # The library tests only (no Prefect server, no Dask, no browser): the quick loop while coding.
 test-fast: $(INSTALLED)
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS) -m library
+	$(PY) -m pytest -q $(XDIST) -m library
 
 clean-artifacts:
 	rm -rf artifacts

@@ -41,7 +41,7 @@ from penultimate.shard_features import (
     read_shard,
     side_by_side,
 )
-from penultimate.stages import EMBEDDING_SHARD_STAGE
+from penultimate.stages import EMBEDDING_SHARD_STAGE, SAVED_MODEL_DIR
 
 SHARD_FILE = "embeddings.parquet"
 PASSTHROUGH = ("label", "split")
@@ -227,15 +227,22 @@ class FeatureEmbedder:
         return ShardVectors(vectors, tokens, encoded, ref.key)
 
 
+@functools.lru_cache(maxsize=2)
+def load_export(saved_model: str) -> Any:
+    """An exported classifier SavedModel, loaded once per process (its artifact key fixes its
+    content) and shared by every embedding choice served from it."""
+    import tensorflow_text  # noqa: F401  (registers the preprocessor's ops)
+
+    return tf.saved_model.load(saved_model)
+
+
 class ExportedEmbedder:
     """Embeddings from an exported classifier SavedModel's own pass (`embed` and `encode`
     signatures): for a classifier whose encoder trained, or one whose encoder artifact is not in
     the store."""
 
     def __init__(self, saved_model: str | Path, choice: EmbeddingChoice, batch_size: int = 64):
-        import tensorflow_text  # noqa: F401  (registers the preprocessor's ops)
-
-        self.model = tf.saved_model.load(str(saved_model))
+        self.model = load_export(str(saved_model))
         self.preprocessor = self.model.preprocessor
         self.seq_length = int(self.model.seq_length.numpy())
         self.choice, self.batch_size = choice, batch_size
@@ -373,7 +380,7 @@ def load_embedder(
         return FeatureEmbedder(store, model, choice, batch_size)
     frozen = frozen_classifier_parts(store, model)
     if frozen is None or choice.precision != Precision.float32:
-        return ExportedEmbedder(Path(model_uri) / "saved_model", choice, batch_size)
+        return ExportedEmbedder(Path(model_uri) / SAVED_MODEL_DIR, choice, batch_size)
     classifier, encoder, input_names = frozen
     needs_head = choice.source in (EmbedSource.penultimate, EmbedSource.all_choices)
     head = ClassifierHead(classifier, input_names) if needs_head else None

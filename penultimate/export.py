@@ -15,9 +15,9 @@ import numpy as np
 import tensorflow as tf
 
 from penultimate.features import encoder_choices, pack_to_longest
+from penultimate.stages import SAVED_MODEL_DIR
 from penultimate.train import TrainedClassifier, logits_to_probabilities
 
-SAVED_MODEL_DIR = "saved_model"
 VERIFY_BATCH_SIZES = (1, 7, 64)
 TOLERANCE = 1e-5
 _CHECKER = Path(__file__).with_name("export_check.py")

@@ -25,6 +25,8 @@ CLASSIFIER_STAGE = Stage("classifier", "3")
 # 3: inputs packed through the standard `tokenize` + `bert_pack_inputs` (any TF-Hub preprocessor);
 #    `seq_length` kept as a variable.
 EXPORT_STAGE = Stage("export", "3")
+# The SavedModel's folder inside an export artifact.
+SAVED_MODEL_DIR = "saved_model"
 # 2: made from features artifacts where the store has them; metrics count the texts encoded.
 EMBEDDING_SHARD_STAGE = Stage("embedding-shard", "2")
 # 2: shards named by key, relative to the store.

@@ -134,9 +134,38 @@ E2E_MODULES = {"test_deployments.py", "test_browser.py"}
 FLOW_MODULES = {"test_dask_cluster.py"}
 
 
+# With two pytest-xdist workers (`--dist loadgroup`), a module whose tests share module- or
+# session-scoped fixtures (a trained classifier, an export, deployments) runs on one worker, so
+# those are built once, not once per worker.
+SHARED_FIXTURE_GROUPS = {
+    "test_train_export_flow.py": "train-export",
+    "test_hub_pair.py": "hub-pair",
+    "test_embed_flow.py": "embed-flow",
+    "test_probe.py": "probe",
+    "test_deployments.py": "deployments",
+    "test_browser.py": "deployments",
+}
+# The slowest modules first (longest-processing-time-first), so both workers finish together
+# instead of one running a long test alone at the end; the rest keep their file order.
+SLOWEST_FIRST = [
+    "test_pipeline.py",
+    "test_train_export_flow.py",
+    "test_embed_resilience.py",
+    "test_hub_pair.py",
+    "test_deployments.py",
+    "test_browser.py",
+    "test_embed_flow.py",
+    "test_probe.py",
+]
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {module: position for position, module in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
     for item in items:
         module = item.path.name
+        if module in SHARED_FIXTURE_GROUPS:
+            item.add_marker(pytest.mark.xdist_group(SHARED_FIXTURE_GROUPS[module]))
         if module in E2E_MODULES:
             item.add_marker(pytest.mark.e2e)
         elif module in FLOW_MODULES or {"prefect_api", "dask_cluster"} & set(item.fixturenames):

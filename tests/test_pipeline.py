@@ -60,6 +60,8 @@ def check_reruns(corpus_slice: Path, store: str, prefect_api: str, address: str)
             "train": {"hidden": [{"units": 64}], "dropout": [{"at": "hidden:0", "rate": 0.2}],
                       "learning_rate": 3e-3, "epochs": 10},
             "embed": {"embedding": {"source": "penultimate"}, "runner": {"dask_address": address}},
+            # The export check's fewest texts: its checks, on a cheaper sample.
+            "export": {"verify_texts": 8},
             "cluster": {"k": 2},
         }
     )  # fmt: skip
