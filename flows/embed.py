@@ -10,6 +10,7 @@ from prefect.futures import as_completed
 
 from penultimate.artifacts import ArtifactRef, ArtifactStore, open_artifact
 from penultimate.config import EmbedConfig
+from penultimate.console import progress_bar
 from penultimate.encoders.pair import encoder_layers
 from penultimate.ingest import dataset_shard_entries
 from tasks.embed import collect_embeddings, embed_shard
@@ -37,11 +38,13 @@ def embed_shards(
     progress = create_progress_artifact(
         progress=0.0, key="embed-progress", description="Shards embedded (%)"
     )
-    for done, future in enumerate(as_completed(list(futures.values())), start=1):
-        # wait() pins the future's final state; without it `state` may be read from the API
-        # before the worker's last state update has landed.
-        future.wait()
-        update_progress_artifact(progress, progress=100.0 * done / len(futures))
+    with progress_bar(len(futures), "embedding shards", "shard") as bar:
+        for done, future in enumerate(as_completed(list(futures.values())), start=1):
+            # wait() pins the future's final state; without it `state` may be read from the API
+            # before the worker's last state update has landed.
+            future.wait()
+            bar.update()
+            update_progress_artifact(progress, progress=100.0 * done / len(futures))
     failed = {
         shard: future.state.message
         for shard, future in futures.items()

@@ -11,26 +11,27 @@ from flows.embed import embed
 from flows.export import export
 from flows.ingest import ingest
 from flows.train import train
-from penultimate.artifacts import ArtifactRef, ArtifactStore
+from penultimate.artifacts import ArtifactStore
 from penultimate.config import PipelineConfig
-from tasks.pipeline import publish_pipeline_summary
+from penultimate.pipeline_summary import PipelineRun
+from tasks.pipeline import PipelineProgress, publish_pipeline_summary
 
 
 @flow(name="pipeline", log_prints=True)
-def pipeline(config: PipelineConfig, store_root: str | None = None) -> dict[str, ArtifactRef]:
+def pipeline(config: PipelineConfig, store_root: str | None = None) -> PipelineRun:
     """Run every stage (each reuses its artifact when its inputs and config are unchanged)."""
-    root = str(ArtifactStore(store_root).root)
-    dataset = ingest(config=config.ingest, store_root=root)
-    classifier = train(config=config.train, dataset=dataset, store_root=root)
-    exported = export(classifier=classifier, dataset=dataset, config=config.export, store_root=root)
-    embeddings = embed(config=config.embed_config(exported.uri), dataset=dataset, store_root=root)
-    clusters = cluster(config=config.cluster, embeddings=embeddings, store_root=root)
-    refs = {
-        "ingest": dataset,
-        "train": classifier,
-        "export": exported,
-        "embed": embeddings,
-        "cluster": clusters,
-    }
-    publish_pipeline_summary(refs=refs, store_root=root)
-    return refs
+    store = ArtifactStore(store_root)
+    root = str(store.root)
+    progress = PipelineProgress(["ingest", "train", "export", "embed", "cluster"], store)
+    dataset = progress.run("ingest", ingest, config=config.ingest, store_root=root)
+    classifier = progress.run("train", train, config=config.train, dataset=dataset, store_root=root)
+    exported = progress.run(
+        "export", export, classifier=classifier, dataset=dataset, config=config.export,
+        store_root=root,
+    )  # fmt: skip
+    embed_config = config.embed_config(exported.uri)
+    embeddings = progress.run("embed", embed, config=embed_config, dataset=dataset, store_root=root)
+    progress.run("cluster", cluster, config=config.cluster, embeddings=embeddings, store_root=root)
+    run = progress.result()
+    publish_pipeline_summary(run=run, store_root=root)
+    return run

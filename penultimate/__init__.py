@@ -14,6 +14,9 @@ if "tensorflow" in sys.modules and os.environ.get("TF_USE_LEGACY_KERAS") != "1":
         "import penultimate first or set TF_USE_LEGACY_KERAS=1 in the environment."
     )
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from penultimate.console import silence_tensorflow_startup
+
+silence_tensorflow_startup()
 
 __version__ = "0.1.0"

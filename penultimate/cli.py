@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from pathlib import Path
 
 from penultimate.artifacts import HOME_ENV
@@ -21,18 +22,24 @@ from penultimate.config import (
     TrainConfig,
     load_config,
 )
+from penultimate.console import log_file, quiet_console_logging, set_verbose, verbose
 from penultimate.errors import InputError
+from penultimate.ui import FILES_URL_ENV, SERVE_PORT
 
 DEMO_CACHE = Path(".cache/demo")
 
 
 def _use_prefect_api() -> None:
-    """Point this process at PREFECT_API_URL, or at the local server (started if needed)."""
-    if os.environ.get("PREFECT_API_URL"):
-        return
-    from penultimate.prefect_server import start_local_server
+    """Point this process at PREFECT_API_URL, or at the local server (started if needed), with
+    the terminal's logging set up (see penultimate.console)."""
+    if not os.environ.get("PREFECT_API_URL"):
+        from penultimate.prefect_server import start_local_server
 
-    os.environ["PREFECT_API_URL"] = start_local_server()
+        os.environ["PREFECT_API_URL"] = start_local_server()
+    # No internet: Prefect's telemetry would log a failed send (it can run in this process too).
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Only now: importing Prefect reads its settings, PREFECT_API_URL included.
+    quiet_console_logging()
 
 
 def _cmd_ingest(args: argparse.Namespace) -> str:
@@ -101,12 +108,13 @@ def _cmd_pipeline(args: argparse.Namespace) -> str:
     _use_prefect_api()
     from flows.pipeline import pipeline
     from penultimate.artifacts import ArtifactStore
-    from penultimate.pipeline_summary import pipeline_markdown
+    from penultimate.pipeline_summary import pipeline_text
 
-    refs = pipeline(config=config, store_root=args.store)
+    run = pipeline(config=config, store_root=args.store)
     ui_url = os.environ["PREFECT_API_URL"].removesuffix("/api")
-    print(pipeline_markdown(refs, ArtifactStore(args.store), ui_url))
-    return refs["cluster"].uri
+    print(pipeline_text(run, ArtifactStore(args.store)))
+    print(f"\nPrefect UI (plots, reports): {ui_url}; files: `penultimate serve`")
+    return run.artifact("cluster").uri
 
 
 def _cmd_probe(args: argparse.Namespace) -> str:
@@ -133,6 +141,15 @@ def _cmd_server(args: argparse.Namespace) -> str:
     return start_local_server()
 
 
+def _cmd_serve(args: argparse.Namespace) -> str:
+    from penultimate.artifacts import ArtifactStore
+    from penultimate.ui import serve_store
+
+    root = ArtifactStore(args.store).root
+    serve_store(root, args.host, args.port)
+    return "stopped"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="penultimate",
@@ -141,6 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
         "and cluster them, each as a cached Prefect flow (or all at once: `pipeline`); `probe` "
         "compares every layer and pooling. Flow commands print the artifact URI as their last "
         "line.",
+    )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show TensorFlow's and Dask's own log lines and full tracebacks (default: one "
+        "`error:` line, with the details in $PENULTIMATE_LOG_FILE, else "
+        ".cache/logs/penultimate.log)",
     )
     parser.add_argument(
         "--store",
@@ -207,6 +231,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--cache-dir", default=str(DEMO_CACHE))
     demo.set_defaults(run=_cmd_fetch_demo)
 
+    serve = sub.add_parser(
+        "serve",
+        help="serve the store's files over HTTP, where the links in Prefect artifacts point "
+        f"(set ${FILES_URL_ENV} when serving elsewhere)",
+    )
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=SERVE_PORT)
+    serve.set_defaults(run=_cmd_serve)
+
     server = sub.add_parser("server", help="the local Prefect server used when no API URL is set")
     server.add_argument("action", choices=["start", "stop"])
     server.set_defaults(run=_cmd_server)
@@ -215,11 +248,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.verbose:
+        set_verbose()
     try:
         result = args.run(args)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except Exception as error:
+        if verbose():
+            raise
+        path = log_file()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as details:
+            details.write(f"penultimate {args.command} failed:\n{traceback.format_exc()}\n")
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        print(f"error: {first_line} (details: {log_file()})", file=sys.stderr)
+        return 1
     print(result)
     return 0
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,6 @@ from penultimate.cluster import (
 )
 from penultimate.config import ClusterConfig
 
-_PALETTE = plt.get_cmap("tab10").colors + plt.get_cmap("Dark2").colors  # type: ignore[attr-defined]
 _SNIPPET = 160
 
 
@@ -101,25 +101,90 @@ def report_markdown(
     return "\n".join(lines)
 
 
-def _colours(values: Sequence[Any]) -> tuple[list[Any], list[Any]]:
-    """A stable colour per distinct value (noise grey), and the legend order."""
-    order = sorted(set(values), key=lambda v: (v == NOISE, str(v)))
-    colour = {v: "#b0b0b0" if v == NOISE else _PALETTE[i % len(_PALETTE)] for i, v in
-              enumerate(order)}  # fmt: skip
-    return [colour[v] for v in values], [(v, colour[v]) for v in order]
+# Beyond this many distinct values a legend stops being readable: the largest groups keep their
+# colour, the rest share "other".
+LEGEND_COLOURS = 20
+# tab10's ten colours are far apart; tab20 pairs them with lighter shades, used past ten.
+_FEW, _MANY = plt.get_cmap("tab10").colors, plt.get_cmap("tab20").colors  # type: ignore[attr-defined]
+_NOISE_GREY, _OTHER_GREY = "#b0b0b0", "#dddddd"
+OTHER = "other"
+
+
+def natural_key(value: Any) -> tuple:
+    """Sort key: noise last, numbers by value, text with embedded numbers in numeric order
+    (`cluster 2` before `cluster 10`, `group-9` before `group-10`)."""
+    if value == NOISE:
+        return (2,)
+    if isinstance(value, int | np.integer):
+        return (0, int(value))
+    parts = re.split(r"(\d+)", str(value))
+    return (1, *[(0, int(p)) if p.isdigit() else (1, p) for p in parts])
+
+
+def legend_colours(values: Sequence[Any]) -> dict[Any, str]:
+    """A stable colour per value in natural order; past LEGEND_COLOURS values, the largest
+    LEGEND_COLOURS - 1 groups keep one and every other value maps to `other` (light grey)."""
+    counts: dict[Any, int] = {}
+    for value in values:
+        counts[value] = counts.get(value, 0) + 1
+    named = [v for v in counts if v != NOISE]
+    if len(named) > LEGEND_COLOURS:
+        named = sorted(named, key=lambda v: -counts[v])[: LEGEND_COLOURS - 1]
+    order = sorted(named, key=natural_key)
+    palette = _FEW if len(order) <= len(_FEW) else _MANY
+    colours = {v: matplotlib.colors.to_hex(palette[i]) for i, v in enumerate(order)}
+    for value in counts:
+        colours.setdefault(value, _NOISE_GREY if value == NOISE else _OTHER_GREY)
+    return colours
+
+
+def legend_name(value: Any, by: str) -> str:
+    return cluster_name(value) if by == "cluster" else str(value)
+
+
+def stratified_sample(points: pl.DataFrame, size: int, by: str, seed: int) -> pl.DataFrame:
+    """Every point when there are at most `size`; else a seeded random sample in which each `by`
+    group keeps its share (at least one point each), never the first rows."""
+    if points.height <= size:
+        return points
+    quota = (
+        points.group_by(by)
+        .len()
+        .with_columns((pl.col("len") * size / points.height).round().clip(1).alias("_quota"))
+        .select(by, "_quota")
+    )
+    return (
+        points.sample(fraction=1.0, shuffle=True, seed=seed)
+        .with_columns(pl.int_range(pl.len()).over(by).alias("_rank"))
+        .join(quota, on=by)
+        .filter(pl.col("_rank") < pl.col("_quota"))
+        .drop("_rank", "_quota")
+    )
+
+
+def sample_note(shown: int, total: int, how: str) -> str:
+    """What a map shows, for its title: every point, or how many and how they were drawn."""
+    return f"all {total} points" if shown >= total else f"{shown} of {total} points, {how}"
 
 
 def plot_map(points: pl.DataFrame, by: str, title: str, path: Path) -> None:
-    """Scatter of the 2-D map coloured by `by` (cluster or label)."""
+    """Scatter of the 2-D map coloured by `by` (cluster or label); a legend in natural order."""
     values = points[by].to_list()
-    colours, legend = _colours(values)
-    figure, axes = plt.subplots(figsize=(8, 6.5), dpi=110)
-    axes.scatter(points["x"], points["y"], c=colours, s=6, alpha=0.7, linewidths=0)
-    for value, colour in legend[:20]:
-        name = cluster_name(value) if by == "cluster" else str(value)
-        axes.scatter([], [], c=[colour], s=30, label=name)
-    axes.legend(loc="best", fontsize=8, markerscale=1.2, frameon=True)
-    axes.set_title(title, fontsize=11)
+    colours = legend_colours(values)
+    figure, axes = plt.subplots(figsize=(9, 6.5), dpi=110)
+    axes.scatter(
+        points["x"], points["y"], c=[colours[v] for v in values], s=6, alpha=0.7, linewidths=0
+    )
+    shown = sorted({v for v in values if colours[v] != _OTHER_GREY}, key=natural_key)
+    for value in shown:
+        axes.scatter([], [], c=[colours[value]], s=30, label=legend_name(value, by))
+    if len(shown) < len(set(values)):
+        others = len(set(values)) - len(shown)
+        axes.scatter([], [], c=[_OTHER_GREY], s=30, label=f"{OTHER} ({others} smaller)")
+    axes.legend(
+        loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, markerscale=1.2, frameon=False
+    )
+    axes.set_title(title, fontsize=10)
     axes.set_xticks([])
     axes.set_yticks([])
     figure.tight_layout()
@@ -127,44 +192,81 @@ def plot_map(points: pl.DataFrame, by: str, title: str, path: Path) -> None:
     plt.close(figure)
 
 
-def map_html(points: pl.DataFrame, texts: Sequence[str], title: str) -> str:
-    """A self-contained interactive map (inline SVG, no scripts or downloads): hovering a point
-    shows its id, cluster, label and a text snippet."""
-    width, height, pad = 900, 700, 20
-    x, y = points["x"].to_numpy(), points["y"].to_numpy()
-    span_x, span_y = float(np.ptp(x)) or 1.0, float(np.ptp(y)) or 1.0
-    colours, legend = _colours(points["cluster"].to_list())
-    labels = points["label"].to_list() if "label" in points.columns else [None] * len(points)
-    circles = []
-    for i, row_id in enumerate(points["id"].to_list()):
-        cx = pad + (x[i] - x.min()) / span_x * (width - 2 * pad)
-        cy = height - pad - (y[i] - y.min()) / span_y * (height - 2 * pad)
-        tip = f"{row_id} | {cluster_name(points['cluster'][i])} | label: {labels[i]}\n"
-        tip += snippet(texts[i])
-        circles.append(
-            f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="3.5" fill="{_hex(colours[i])}">'
-            f"<title>{html.escape(tip)}</title></circle>"
+def map_html(
+    points: pl.DataFrame, texts: Sequence[str], terms: Mapping[int, list[str]], title: str
+) -> str:
+    """An interactive plotly map (self-contained: plotly.js inline, no downloads): zoom, pan,
+    legend toggles, colour by cluster or label (the buttons), hover with id, cluster, label and
+    a text snippet, each cluster labelled at its centre with its top terms."""
+    import plotly.graph_objects as go
+
+    hover = [
+        f"<b>{row_id}</b><br>{cluster_name(c)} · label {label}<br>{html.escape(snippet(t, 120))}"
+        for row_id, c, label, t in zip(
+            points["id"], points["cluster"], _labels(points), texts, strict=True
         )
-    keys = "".join(
-        f'<span style="color:{_hex(c)}">&#9679;</span> {html.escape(cluster_name(v))} &nbsp; '
-        for v, c in legend
+    ]
+    figure = go.Figure()
+    groupings = ["cluster", "label"] if "label" in points.columns else ["cluster"]
+    visible_by: dict[str, list[bool]] = {by: [] for by in groupings}
+    for by in groupings:
+        values = points[by].to_list()
+        colours = legend_colours(values)
+        for value in sorted(set(values), key=natural_key):
+            rows = [i for i, v in enumerate(values) if v == value]
+            figure.add_trace(
+                go.Scattergl(
+                    x=points["x"].to_numpy()[rows],
+                    y=points["y"].to_numpy()[rows],
+                    mode="markers",
+                    name=legend_name(value, by),
+                    marker={"size": 5, "color": colours[value], "opacity": 0.75},
+                    hovertext=[hover[i] for i in rows],
+                    hoverinfo="text",
+                    visible=by == "cluster",
+                )
+            )
+            for grouping in groupings:
+                visible_by[grouping].append(grouping == by)
+    centres = points.group_by("cluster").agg(pl.col("x").mean(), pl.col("y").mean())
+    for cluster, x, y in centres.iter_rows():
+        if cluster == NOISE:
+            continue
+        words = ", ".join(terms.get(cluster, [])[:3])
+        figure.add_annotation(
+            x=x, y=y, text=f"<b>{cluster}</b> {html.escape(words)}", showarrow=False,
+            bgcolor="rgba(255,255,255,0.7)", font={"size": 11},
+        )  # fmt: skip
+    buttons = [
+        {"label": f"colour by {by}", "method": "update", "args": [{"visible": visible_by[by]}]}
+        for by in groupings
+    ]
+    figure.update_layout(
+        title=title,
+        template="plotly_white",
+        height=750,
+        dragmode="pan",
+        legend={"itemsizing": "constant"},
+        margin={"t": 120},
+        updatemenus=[
+            {
+                "buttons": buttons,
+                "type": "buttons",
+                "direction": "right",
+                "x": 1,
+                "y": 1.12,
+                "xanchor": "right",
+                "yanchor": "bottom",
+            }
+        ],
+        xaxis={"visible": False},
+        yaxis={"visible": False},
     )
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'>"
-        f"<title>{html.escape(title)}</title><style>body{{font-family:sans-serif}}"
-        "circle:hover{stroke:#000;stroke-width:1.5}</style></head><body>"
-        f"<h2>{html.escape(title)}</h2><p>Hover a point for its id, cluster, label and text. "
-        f"{len(points)} points.</p><p>{keys}</p>"
-        f'<svg width="{width}" height="{height}" style="border:1px solid #ccc">'
-        + "".join(circles)
-        + "</svg></body></html>"
-    )
+    return figure.to_html(include_plotlyjs=True, full_html=True, config={"scrollZoom": True})
 
 
-def _hex(colour: Any) -> str:
-    if isinstance(colour, str):
-        return colour
-    return "#" + "".join(f"{round(255 * c):02x}" for c in colour[:3])
+def _labels(points: pl.DataFrame) -> list[Any]:
+    return points["label"].to_list() if "label" in points.columns else [None] * points.height
 
 
 def write_projector(
@@ -221,7 +323,7 @@ def write_cluster_artifact(
             shard, row = pair[-2:]
             wanted.setdefault(shard, []).append(row)
     points = pl.concat(summary.plot)
-    html_points = points.head(HTML_POINTS)
+    html_points = stratified_sample(points, HTML_POINTS, "cluster", config.seed)
     for shard, row in html_points.select("shard", "row").iter_rows():
         wanted.setdefault(shard, []).append(row)
     texts = texts_of(shards, wanted)
@@ -236,13 +338,18 @@ def write_cluster_artifact(
     title = f"Clusters of {shards.total} embeddings ({algorithm}, {config.projection} map)"
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out / "report.md").write_text(report_markdown(title, metrics, terms, nearest))
-    plot_map(points, "cluster", f"{title}\ncoloured by cluster", out / "map_by_cluster.png")
-    if "label" in points.columns:
-        plot_map(points, "label", f"{title}\ncoloured by label", out / "map_by_label.png")
+    shown = sample_note(points.height, shards.total, "a seeded uniform random sample")
+    for by in ("cluster", "label") if "label" in points.columns else ("cluster",):
+        plot_map(points, by, f"{title}\n{shown}, coloured by {by}", out / f"map_by_{by}.png")
     html_texts = [texts[p] for p in html_points.select("shard", "row").iter_rows()]
-    (out / "map.html").write_text(map_html(html_points, html_texts, title), encoding="utf-8")
+    stratified = "a seeded random sample stratified by cluster"
+    html_note = sample_note(html_points.height, shards.total, stratified)
+    html_title = f"{title}<br><sub>{html_note}</sub>"
+    (out / "map.html").write_text(
+        map_html(html_points, html_texts, terms, html_title), encoding="utf-8"
+    )
     projector_rows, projector_vectors = [], []
-    for shard, group in points.head(HTML_POINTS).group_by("shard", maintain_order=True):
+    for shard, group in html_points.group_by("shard", maintain_order=True):
         vectors = shards.read(int(shard[0]))[1]  # type: ignore[index]
         projector_vectors.append(vectors[group["row"].to_numpy()])
         projector_rows.append(group)

@@ -269,7 +269,7 @@ class ExportedEmbedder:
 
     def embed_with_tokens(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """The embeddings [n, dim] and token counts [n] of `texts`."""
-        results = batched_inference(texts, self._run_batch, self.batch_size)
+        results = batched_inference(texts, self._run_batch, self.batch_size, "embedding")
         tokens = results.pop("tokens").astype(np.int32)
         if self.choice.source == EmbedSource.penultimate:
             vectors = results["embedding"]

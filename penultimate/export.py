@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from penultimate.console import progress_bar
+from penultimate.export_check import STEPS as CHECK_STEPS
 from penultimate.features import encoder_choices, pack_to_longest
 from penultimate.stages import SAVED_MODEL_DIR
 from penultimate.train import TrainedClassifier, logits_to_probabilities
@@ -116,15 +118,22 @@ def verify_export(trained: TrainedClassifier, saved: Path, texts: list[str]) -> 
     with tempfile.TemporaryDirectory() as tmp:
         expected = Path(tmp) / "expected.npz"
         np.savez(expected, texts=np.array(texts, dtype=object), **expected_outputs(trained, texts))
-        report_file = Path(tmp) / "report.json"
-        result = subprocess.run(
-            [sys.executable, str(_CHECKER), str(saved), str(expected), str(report_file)],
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
-        if result.returncode != 0:
-            raise ExportVerificationError(f"export check crashed:\n{result.stderr[-3000:]}")
+        report_file, stderr_file = Path(tmp) / "report.json", Path(tmp) / "stderr.txt"
+        command = [sys.executable, str(_CHECKER), str(saved), str(expected), str(report_file)]
+        with (
+            stderr_file.open("w") as stderr,
+            subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True) as check,
+            progress_bar(len(CHECK_STEPS), "checking the export", "step") as bar,
+        ):
+            assert check.stdout is not None
+            for line in check.stdout:
+                if line.startswith("step "):
+                    bar.update()
+            returncode = check.wait(timeout=900)
+        if returncode != 0:
+            raise ExportVerificationError(
+                f"export check crashed:\n{stderr_file.read_text()[-3000:]}"
+            )
         report = json.loads(report_file.read_text())
     failures = {k: v for k, v in report["max_abs_diff"].items() if v > TOLERANCE}
     if failures:

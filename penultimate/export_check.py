@@ -10,9 +10,17 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_text  # noqa: F401  (registers the preprocessor's ops)
 
+# Printed to stdout as each check finishes, for the exporter's progress bar.
+STEPS = ("loaded", "batch size 1", "batch size 7", "batch size 64", "repeat, mc, encode")
+
+
+def step_done(name: str) -> None:
+    print(f"step {name}", flush=True)
+
 
 def main(saved_dir: str, expected_file: str, report_file: str) -> None:
     model = tf.saved_model.load(saved_dir)
+    step_done("loaded")
     expected = np.load(expected_file, allow_pickle=True)
     texts = [str(t) for t in expected["texts"]]
     serve, embed = model.signatures["serving_default"], model.signatures["embed"]
@@ -29,6 +37,7 @@ def main(saved_dir: str, expected_file: str, report_file: str) -> None:
         diffs[f"embedding_batch_{size}"] = float(
             np.abs(np.concatenate(embeddings) - expected["embedding"]).max()
         )
+        step_done(f"batch size {size}")
     everything = tf.constant(texts)
     first, second = embed(text=everything)["embedding"], embed(text=everything)["embedding"]
     diffs["embedding_repeat"] = float(np.abs(first.numpy() - second.numpy()).max())
@@ -36,6 +45,7 @@ def main(saved_dir: str, expected_file: str, report_file: str) -> None:
     encode = model.signatures["encode"](text=everything[:2])
     served = embed(text=everything[:2])["embedding"].numpy()
     diffs["encode_penultimate"] = float(np.abs(encode["penultimate"].numpy() - served).max())
+    step_done("repeat, mc, encode")
     report = {
         "max_abs_diff": diffs,
         "signatures": describe_signatures(model),

@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from penultimate.artifacts import ArtifactRef, ArtifactStore
 from penultimate.config import Pooling, Precision
+from penultimate.console import progress_bar
 from penultimate.encoders.pair import EncoderInfo, EncoderPair
 from penultimate.errors import InputError
 from penultimate.pooling import cls_token, masked_max, masked_mean
@@ -172,20 +173,23 @@ def batched_inference(
     texts: Sequence[str],
     run_batch: Callable[[list[str]], Mapping[str, Any]],
     batch_size: int,
+    desc: str = "encoding",
 ) -> dict[str, np.ndarray]:
     """`run_batch` (a batch of texts -> named arrays [batch, ...]) over length-sorted batches of
     `texts`, every output put back in input order as [len(texts), ...]; the one inference loop of
-    encoders, exported models and classifiers."""
+    encoders, exported models and classifiers. A terminal shows its progress as `desc`."""
     if not texts:
         raise ValueError("no texts to run")
     # Character length orders texts well enough for batching; exact token counts would cost a pass.
     results: dict[str, np.ndarray] = {}
-    for index in length_sorted_batches([len(t) for t in texts], batch_size):
-        for name, value in run_batch([texts[i] for i in index]).items():
-            array = np.asarray(value)
-            if name not in results:
-                results[name] = np.empty((len(texts), *array.shape[1:]), array.dtype)
-            results[name][index] = array
+    with progress_bar(len(texts), desc, "text") as bar:
+        for index in length_sorted_batches([len(t) for t in texts], batch_size):
+            for name, value in run_batch([texts[i] for i in index]).items():
+                array = np.asarray(value)
+                if name not in results:
+                    results[name] = np.empty((len(texts), *array.shape[1:]), array.dtype)
+                results[name][index] = array
+            bar.update(len(index))
     return results
 
 
@@ -220,14 +224,16 @@ class ChoiceEncoder:
         self.run = run
 
     def encode(
-        self, texts: Sequence[str], batch_size: int = 64
+        self, texts: Sequence[str], batch_size: int = 64, desc: str = "encoding"
     ) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """The named vectors (float32 [n, dim] each) and token counts (int32 [n]) of `texts`."""
         if not texts:
             empty = {k: v.numpy()[:0] for k, v in self.run(tf.constant([""])).items()}
             tokens = empty.pop(TOKENS_COLUMN)
             return empty, tokens
-        results = batched_inference(texts, lambda batch: self.run(tf.constant(batch)), batch_size)
+        results = batched_inference(
+            texts, lambda batch: self.run(tf.constant(batch)), batch_size, desc
+        )
         tokens = results.pop(TOKENS_COLUMN)
         return results, tokens
 
@@ -263,7 +269,9 @@ def fill_shard_features(
         encoded, copied_from = 0, every.key
     else:
         encoder_pass = choice_encoder(pair, tuple(names), precision)
-        vectors, tokens = encoder_pass.encode(frame["text"].to_list(), batch_size)
+        vectors, tokens = encoder_pass.encode(
+            frame["text"].to_list(), batch_size, f"encoding {shard.name}"
+        )
         encoded, copied_from = frame.height, None
     seconds = time.perf_counter() - started
     write_features(out / FEATURES_FILE, frame["id"], tokens, vectors)

@@ -1,18 +1,44 @@
-"""The pipeline's closing summary: every stage's artifact with its headline numbers, as markdown
-(published as a Prefect artifact and printed by `penultimate pipeline`).
+"""The pipeline's closing summary: per stage its artifact, computed or cached, seconds and headline
+numbers; as markdown with plots and links for the Prefect UI, and as plain lines for a terminal.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
+
+from pydantic import BaseModel
 
 from penultimate.artifacts import ArtifactRef, ArtifactStore
+from penultimate.ui import file_url, inline_png
+
+# The plots the summary shows inline, by pipeline stage.
+SUMMARY_PLOTS = {"train": ["confusion_matrix.png"], "cluster": ["map_by_label.png"]}
+
+
+class StageRun(BaseModel):
+    """One stage of a pipeline run: its artifact, whether this run made it, and the seconds the
+    stage took in this run (a cached stage's check included)."""
+
+    artifact: ArtifactRef
+    computed: bool
+    seconds: float
+
+
+class PipelineRun(BaseModel):
+    """What `pipeline` returns: every stage's run, in pipeline order (ingest ... cluster)."""
+
+    stages: dict[str, StageRun]
+
+    def artifact(self, stage: str) -> ArtifactRef:
+        return self.stages[stage].artifact
 
 
 def headline(stage: str, metrics: Mapping) -> str:
-    """The one line of numbers that matters for each stage."""
+    """The one line of numbers that matters for each artifact stage."""
     if stage == "dataset":
-        return f"{metrics.get('rows')} rows; per split {metrics.get('rows_per_split')}"
+        splits = ", ".join(f"{n} {s}" for s, n in (metrics.get("rows_per_split") or {}).items())
+        return f"{metrics.get('rows')} rows ({splits})"
     if stage == "classifier":
         test = metrics.get("test") or {}
         numbers = ("accuracy", "f1", "roc_auc")
@@ -22,7 +48,9 @@ def headline(stage: str, metrics: Mapping) -> str:
         return f"reloaded in a fresh process, max abs diff {max(diffs, default=float('nan')):.1e}"
     if stage == "embeddings":
         reused = "" if metrics.get("encoded_texts") else " (from cached features, no encoder pass)"
-        return f"{metrics.get('rows')} vectors of dim {metrics.get('dim')}{reused}"
+        truncated = metrics.get("truncated")
+        cut = f"; {truncated} texts cut at the encoder's sequence length" if truncated else ""
+        return f"{metrics.get('rows')} vectors of dim {metrics.get('dim')}{reused}{cut}"
     if stage == "clusters":
         numbers = ("silhouette", "ari", "nmi", "purity")
         scores = ", ".join(f"{n} {metrics[n]:.3f}" for n in numbers if n in metrics)
@@ -30,24 +58,60 @@ def headline(stage: str, metrics: Mapping) -> str:
     return ""
 
 
-def pipeline_markdown(refs: Mapping[str, ArtifactRef], store: ArtifactStore, ui_url: str) -> str:
-    """Markdown linking each stage's artifact folder and its headline metrics."""
-    lines = ["# Pipeline run", "", "| stage | artifact | headline |", "| --- | --- | --- |"]
-    for stage, ref in refs.items():
+def _how(run: StageRun) -> str:
+    return f"{'computed' if run.computed else 'cached'} in {run.seconds:.1f} s"
+
+
+def pipeline_markdown(run: PipelineRun, store: ArtifactStore, ui_url: str) -> str:
+    """The Prefect UI's summary: a row per stage linking its files, then the key plots inline."""
+    lines = [
+        "# Pipeline run",
+        "",
+        "| stage | artifact | this run | headline |",
+        "| --- | --- | --- | --- |",
+    ]
+    plots: list[str] = []
+    for stage, stage_run in run.stages.items():
+        ref = stage_run.artifact
         manifest = store.read_manifest(ref)
         metrics = manifest.metrics if manifest else {}
-        lines.append(
-            f"| {stage} | [`{ref.key}`](file://{ref.uri}) | {headline(ref.stage, metrics)} |"
-        )
-    clusters = refs.get("cluster")
+        link = f"[`{ref.key[:12]}`]({file_url(store.root, ref.path)})"
+        lines.append(f"| {stage} | {link} | {_how(stage_run)} | {headline(ref.stage, metrics)} |")
+        plots += [
+            inline_png(ref.path / name, f"{stage}: {name}", store.root)
+            for name in SUMMARY_PLOTS.get(stage, [])
+            if (ref.path / name).exists()
+        ]
+    clusters = run.stages.get("cluster")
     if clusters is not None:
-        lines += ["", "Outputs:", ""]
+        folder = clusters.artifact.path
+        lines += ["", "Outputs:"]
         lines += [
-            f"- {name}: `{clusters.path / name}`"
-            for name in ("report.md", "map_by_cluster.png", "map_by_label.png", "map.html",
-                         "projector")
-            if (clusters.path / name).exists()
-        ]  # fmt: skip
+            f"[{name}]({file_url(store.root, folder / name)})"
+            for name in ("report.md", "map.html", "projector")
+            if (folder / name).exists()
+        ]
+    lines += ["", *plots]
     if ui_url:
-        lines += ["", f"Prefect UI: {ui_url}"]
+        lines += ["", f"Each stage's own report is on its flow run in the [Prefect UI]({ui_url})."]
+    lines += ["", f"Files are served by `penultimate serve` (store `{store.root}`)."]
     return "\n".join(lines) + "\n"
+
+
+def pipeline_text(run: PipelineRun, store: ArtifactStore) -> str:
+    """The terminal's summary: a line per stage, then where the outputs are."""
+    lines = []
+    for stage, stage_run in run.stages.items():
+        manifest = store.read_manifest(stage_run.artifact)
+        metrics = manifest.metrics if manifest else {}
+        lines.append(
+            f"{stage:<8} {_how(stage_run):<22} {headline(stage_run.artifact.stage, metrics)}"
+        )
+    clusters = run.stages.get("cluster")
+    if clusters is not None:
+        folder = Path(clusters.artifact.path)
+        outputs = [
+            n for n in ("report.md", "map.html", "map_by_label.png") if (folder / n).exists()
+        ]
+        lines += ["", f"outputs in {folder}: {', '.join(outputs)}"]
+    return "\n".join(lines)

@@ -22,6 +22,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from penultimate.cluster import EmbeddingShards
+from penultimate.console import progress_bar
 from penultimate.errors import InputError
 
 SPLITS = ("train", "test")
@@ -207,18 +208,20 @@ def probe_table(
 ) -> pl.DataFrame:
     """One row per choice: where it sits, its dimension and every score."""
     records = []
-    for choice in choices:
-        columns = slice(choice.start, choice.start + choice.dim)
-        scores = score_choice(rows, columns, regularization, cluster_rows, seed)
-        records.append(
-            {
-                "choice": choice.label,
-                "layer": choice.layer,
-                "pooling": choice.pooling,
-                "dim": choice.dim,
-                **{name: round(scores[name], 4) for name in SCORE_COLUMNS},
-            }
-        )
+    with progress_bar(len(choices), "scoring choices", "choice") as bar:
+        for choice in choices:
+            columns = slice(choice.start, choice.start + choice.dim)
+            scores = score_choice(rows, columns, regularization, cluster_rows, seed)
+            bar.update()
+            records.append(
+                {
+                    "choice": choice.label,
+                    "layer": choice.layer,
+                    "pooling": choice.pooling,
+                    "dim": choice.dim,
+                    **{name: round(scores[name], 4) for name in SCORE_COLUMNS},
+                }
+            )
     return pl.DataFrame(records, schema_overrides={"layer": pl.Int64})
 
 

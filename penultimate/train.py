@@ -311,7 +311,10 @@ def predict_logits(
 ) -> np.ndarray:
     """Inference logits in input order, with length-sorted dynamic padding."""
     return batched_inference(
-        texts, lambda batch: {"logits": model(loaded.tokenize(batch), training=False)}, 64
+        texts,
+        lambda batch: {"logits": model(loaded.tokenize(batch), training=False)},
+        64,
+        "predicting",
     )["logits"]
 
 

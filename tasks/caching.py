@@ -20,7 +20,7 @@ from penultimate.artifacts import ArtifactRef, ArtifactStore, Manifest, Stage, c
 
 Identity = Callable[[Mapping[str, Any]], tuple[BaseModel | Mapping[str, Any], list[ArtifactRef]]]
 Body = Callable[..., Mapping[str, Any] | None]
-AfterPublish = Callable[[ArtifactRef, Manifest, Mapping[str, Any]], None]
+Report = Callable[[ArtifactRef, Manifest, Mapping[str, Any]], None]
 
 
 def config_and_inputs(params: Mapping[str, Any]) -> tuple[Any, list[ArtifactRef]]:
@@ -53,8 +53,9 @@ class ArtifactTask:
     returns the metrics for the manifest; it never computes keys, publishes or re-reads. Every
     parameter set must include `store_root`. `identity(params)` names the artifact (key config
     and input artifacts); it is computed once per call, here, and the artifact is validated once.
-    `after_publish(ref, manifest, params)` runs after a new artifact is in place (e.g. to show its
-    metrics in the Prefect UI). Call an ArtifactTask like the function, minus `out`, or `submit`.
+    `report(ref, manifest, params)` shows the artifact in the Prefect UI after every call, computed
+    or cached, in the caller's run (so a nightly run with nothing new still shows its results).
+    Call an ArtifactTask like the function, minus `out`, or `submit` (no report then).
     """
 
     def __init__(
@@ -62,11 +63,12 @@ class ArtifactTask:
         fn: Body,
         stage: Stage,
         identity: Identity,
-        after_publish: AfterPublish | None,
+        report: Report | None,
         options: dict[str, Any],
     ) -> None:
         self.stage = stage
         self.identity = identity
+        self.report = report
         self.__doc__ = fn.__doc__
 
         def run(target: ArtifactTarget, **params: Any) -> ArtifactRef:
@@ -83,8 +85,6 @@ class ArtifactTask:
                 target.inputs,
                 ref=target.ref,
             )
-            if after_publish is not None:
-                after_publish(published.ref, published.manifest, params)
             return published.ref
 
         # Prefect shows and validates the body's parameters (minus `out`) plus the target.
@@ -140,7 +140,12 @@ class ArtifactTask:
         """Run the task; `target`, when the caller has worked it out already (`self.target`),
         is not worked out again."""
         runnable, params = self._with_target(target, params)
-        return runnable(**params)
+        ref: ArtifactRef = runnable(**params)
+        if self.report is not None:
+            manifest = ArtifactStore(params["store_root"]).read_manifest(ref)
+            if manifest is not None:
+                self.report(ref, manifest, params)
+        return ref
 
     def submit(self, *, target: ArtifactTarget | None = None, **params: Any) -> PrefectFuture:
         """Run on the flow's task runner (e.g. a Dask worker); parameters must be plain values."""
@@ -152,8 +157,8 @@ def artifact_task(
     stage: Stage,
     *,
     identity: Identity = config_and_inputs,
-    after_publish: AfterPublish | None = None,
+    report: Report | None = None,
     **options: Any,
 ) -> Callable[[Body], ArtifactTask]:
     """Decorator: make `fn` an ArtifactTask for `stage` (extra options go to `prefect.task`)."""
-    return lambda fn: ArtifactTask(fn, stage, identity, after_publish, options)
+    return lambda fn: ArtifactTask(fn, stage, identity, report, options)

@@ -15,6 +15,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from penultimate.artifacts import ArtifactRef, Manifest
 from penultimate.config import ClusterConfig
 from penultimate.stages import CLUSTERS_STAGE
+from penultimate.ui import file_url, inline_png
 from tasks.caching import artifact_task
 
 # The library modules that load TensorFlow (or scikit-learn) are imported inside the task bodies:
@@ -40,19 +41,30 @@ def _show_clusters(ref: ArtifactRef, manifest: Manifest, params: Mapping[str, An
     create_table_artifact(
         key="cluster-summary",
         table=summary_table(json.loads((ref.path / "metrics.json").read_text())),
-        description=f"Clusters of {params['embeddings'].uri} ({ref.key})",
+        description=f"Clusters of embeddings {params['embeddings'].key} ({ref.key})",
+    )
+    store_root = Path(params["store_root"])
+    maps = [
+        inline_png(ref.path / name, name, store_root)
+        for name in ("map_by_label.png", "map_by_cluster.png")
+        if (ref.path / name).exists()
+    ]
+    links = (
+        f"[interactive map]({file_url(store_root, ref.path / 'map.html')}) · "
+        f"[projector files]({file_url(store_root, ref.path / 'projector')}) · "
+        f"[all files]({file_url(store_root, ref.path)})"
     )
     create_markdown_artifact(
         key="cluster-report",
-        markdown=(ref.path / "report.md").read_text(),
-        description=f"Cluster report {ref.key} ({ref.uri})",
+        markdown="\n\n".join([(ref.path / "report.md").read_text(), links, *maps]),
+        description=f"Cluster report {ref.key}",
     )
 
 
 @artifact_task(
     CLUSTERS_STAGE,
     identity=cluster_identity,
-    after_publish=_show_clusters,
+    report=_show_clusters,
     name="cluster-embeddings",
 )
 def cluster_embeddings(

@@ -16,6 +16,7 @@ from penultimate.artifacts import ArtifactRef, Manifest
 from penultimate.config import IngestConfig
 from penultimate.ingest import prepare_dataset, source_fingerprint, write_dataset
 from penultimate.stages import DATASET_STAGE
+from penultimate.ui import file_url, markdown_table
 from tasks.caching import artifact_task
 
 
@@ -24,28 +25,48 @@ def dataset_identity(params: Mapping[str, Any]) -> tuple[dict[str, Any], list[Ar
     return {"config": config, "source_files": source_fingerprint(config)}, []
 
 
+def dropped_text(dropped: Mapping[str, int]) -> str:
+    return ", ".join(f"{n} ({reason})" for reason, n in dropped.items()) or "none"
+
+
 def _show_dataset(ref: ArtifactRef, manifest: Manifest, params: Mapping[str, Any]) -> None:
     metrics = manifest.metrics
-    split_rows = " | ".join(f"{s}: {n}" for s, n in metrics["rows_per_split"].items())
+    splits = metrics["rows_per_split"]
+    lines = [
+        f"# Dataset `{ref.key}`",
+        "",
+        f"- rows: {metrics['rows']} in {len(metrics['shards'])} shards "
+        f"([files]({file_url(Path(params['store_root']), ref.path)}))",
+        f"- dropped: {dropped_text(metrics['dropped'])}",
+        "",
+    ]
+    counts = metrics.get("label_counts_per_split")
+    if counts:
+        labels = sorted({label for per_split in counts.values() for label in per_split})
+        rows = [
+            {"label": label, **{split: counts[split].get(label, 0) for split in counts}}
+            for label in labels
+        ]
+        lines.append(markdown_table([*rows, {"label": "**all**", **splits}]))
+    else:
+        lines.append(markdown_table([{"split": split, "rows": n} for split, n in splits.items()]))
     create_markdown_artifact(
         key="dataset-summary",
-        markdown=(
-            f"# Dataset `{ref.key}`\n\n- location: `{ref.uri}`\n- rows: {metrics['rows']} "
-            f"({split_rows})\n- shards: {len(metrics['shards'])}\n"
-            f"- dropped: {metrics['dropped'] or 'none'}\n"
-            f"- label counts per split: {metrics.get('label_counts_per_split', 'unlabelled')}\n"
-        ),
-        description="Rows per split, drops by reason, label counts",
+        markdown="\n".join(lines),
+        description="Rows per split and label, drops by reason",
     )
 
 
 @artifact_task(
-    DATASET_STAGE, identity=dataset_identity, after_publish=_show_dataset, name="ingest-dataset"
+    DATASET_STAGE, identity=dataset_identity, report=_show_dataset, name="ingest-dataset"
 )
 def ingest_dataset(out: Path, config: IngestConfig, store_root: str) -> dict[str, Any]:
     """Read, validate and shard the corpus into a dataset artifact."""
     frame, counts = prepare_dataset(config)
     get_run_logger().info(
-        "read %d usable rows from %s; dropped %s", frame.height, config.source, counts["dropped"]
+        "read %d usable rows from %s; dropped: %s",
+        frame.height,
+        config.source,
+        dropped_text(counts["dropped"]),
     )
     return write_dataset(frame, counts, out, config.shard_rows)

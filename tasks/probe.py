@@ -15,6 +15,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from penultimate.artifacts import ArtifactRef, ArtifactStore, Manifest
 from penultimate.config import ProbeConfig
 from penultimate.stages import PROBE_STAGE
+from penultimate.ui import inline_png, rounded
 from tasks.caching import artifact_task
 
 # The library modules that load TensorFlow (or scikit-learn) are imported inside the task bodies:
@@ -39,19 +40,23 @@ def _show_probe(ref: ArtifactRef, manifest: Manifest, params: Mapping[str, Any])
     )
     create_table_artifact(
         key="probe-scores",
-        table=json.loads((ref.path / "scores.json").read_text()),
+        table=rounded(json.loads((ref.path / "scores.json").read_text())),
         description=f"Probe scores per layer x pooling ({ref.key})",
     )
+    store_root = Path(params["store_root"])
+    plots = [
+        inline_png(ref.path / name, name, store_root)
+        for name in ("heatmap.png", "by_layer.png")
+        if (ref.path / name).exists()
+    ]
     create_markdown_artifact(
         key="probe-report",
-        markdown=(ref.path / "report.md").read_text(),
-        description=f"Which embedding to take ({ref.uri})",
+        markdown="\n\n".join([(ref.path / "report.md").read_text(), *plots]),
+        description=f"Which embedding to take (probe {ref.key})",
     )
 
 
-@artifact_task(
-    PROBE_STAGE, identity=probe_identity, after_publish=_show_probe, name="probe-embeddings"
-)
+@artifact_task(PROBE_STAGE, identity=probe_identity, report=_show_probe, name="probe-embeddings")
 def probe_embeddings(
     out: Path, config: ProbeConfig, embeddings: ArtifactRef, store_root: str
 ) -> dict[str, Any]:

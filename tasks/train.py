@@ -19,6 +19,7 @@ from penultimate.errors import InputError
 from penultimate.ingest import read_dataset
 from penultimate.shard_features import features_key, pooling_names
 from penultimate.stages import CLASSIFIER_STAGE, FEATURES_STAGE
+from penultimate.ui import file_url, inline_png, markdown_table, rounded
 from tasks.caching import artifact_task
 
 # The library modules that load TensorFlow (or scikit-learn) are imported inside the task bodies:
@@ -100,29 +101,27 @@ def _show_metrics(ref: ArtifactRef, manifest: Manifest, params: Mapping[str, Any
     if not test:
         return
     names = ("accuracy", "precision", "recall", "f1", "roc_auc")
+    scores = [{"metric": n, "value": rounded(test[n])} for n in names if test[n] is not None]
     create_table_artifact(
         key="classifier-test-metrics",
-        table=[{"metric": n, "value": test[n]} for n in names],
-        description=f"Test-split metrics of model {ref.key}",
+        table=scores,
+        description=f"Test-split metrics of classifier {ref.key}",
     )
-    matrix = "\n".join(
-        f"| {name} | " + " | ".join(str(v) for v in row) + " |"
-        for name, row in zip(test["labels"], test["confusion_matrix"], strict=True)
-    )
+    store_root = Path(params["store_root"])
+    lines = [
+        f"# Classifier `{ref.key}`",
+        "",
+        f"- epochs run: {manifest.metrics['epochs_run']}; "
+        f"[files]({file_url(store_root, ref.path)})",
+        "",
+        markdown_table(scores),
+    ]
+    plot = ref.path / "confusion_matrix.png"
+    if plot.exists():
+        lines += [inline_png(plot, "confusion matrix of the test split", store_root), ""]
     create_markdown_artifact(
         key="classifier-report",
-        markdown=(
-            f"# Classifier `{ref.key}`\n\n- location: `{ref.uri}`\n- epochs run: "
-            f"{manifest.metrics['epochs_run']}\n"
-            + "".join(f"- {n}: {test[n]:.4f}\n" for n in names if test[n] is not None)
-            + "\n| true \\ predicted | "
-            + " | ".join(test["labels"])
-            + " |\n|---|"
-            + "---|" * len(test["labels"])
-            + "\n"
-            + matrix
-            + "\n"
-        ),
+        markdown="\n".join(lines),
         description="Test metrics and confusion matrix",
     )
 
@@ -130,7 +129,7 @@ def _show_metrics(ref: ArtifactRef, manifest: Manifest, params: Mapping[str, Any
 @artifact_task(
     CLASSIFIER_STAGE,
     identity=classifier_identity,
-    after_publish=_show_metrics,
+    report=_show_metrics,
     name="train-classifier",
 )
 def train_classifier(

@@ -16,12 +16,19 @@ import pytest
 from conftest import run_cli
 from penultimate.artifacts import ArtifactRef, ArtifactStore
 from penultimate.cluster import (
+    NOISE,
     ClusterInputError,
     EmbeddingShards,
     fit_clusters,
     validate_cluster_inputs,
 )
-from penultimate.cluster_report import distinctive_terms, write_cluster_artifact
+from penultimate.cluster_report import (
+    distinctive_terms,
+    legend_colours,
+    natural_key,
+    stratified_sample,
+    write_cluster_artifact,
+)
 from penultimate.config import ClusterConfig
 from penultimate.embed import SHARD_FILE
 from penultimate.stages import EMBEDDING_SHARD_STAGE, EMBEDDINGS_STAGE
@@ -141,7 +148,11 @@ def test_every_algorithm_recovers_the_topics(
     for name in ("map_by_cluster.png", "map_by_label.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
     page = (out / "map.html").read_text()
-    assert page.count("<circle") == 180 and "rocket orbit" in page and "<script" not in page
+    assert "Plotly.newPlot" in page and "<script src=" not in page  # plotly.js inline: offline
+    # Every point in the cluster-coloured and the label-coloured traces, with its hover text.
+    ids = pl.concat([f for f, _ in topic_shards(60, 4)])["id"].to_list()
+    assert all(page.count(f"\\u003cb\\u003e{i}\\u003c\\u002fb\\u003e") == 2 for i in ids)
+    assert "rocket orbit" in page and "colour by label" in page and "all 180 points" in page
     projector = out / "projector"
     assert len((projector / "tensors.tsv").read_text().splitlines()) == 180
     metadata = (projector / "metadata.tsv").read_text().splitlines()
@@ -280,3 +291,50 @@ def test_cli_names_the_bad_field_and_the_incomplete_artifact(
     (topics.path / "manifest.json").unlink()
     result = run_cli("cluster", "--config", str(config), "--embeddings", topics.uri)
     assert result.returncode == 2 and "not a complete artifact" in result.stderr
+
+
+def test_maps_sample_every_cluster_in_proportion_never_the_first_rows() -> None:
+    # Sorted like the demo corpus (ids easy-ham... before spam...): the first 3,000 rows are all
+    # one cluster, which is what a head() would show.
+    points = pl.DataFrame(
+        {"id": [f"p{i}" for i in range(10_000)], "cluster": [0] * 7_000 + [1] * 2_950 + [2] * 50}
+    )
+    sample = stratified_sample(points, 3_000, "cluster", seed=0)
+    sizes = dict(sample["cluster"].value_counts().iter_rows())
+    assert sizes == {0: 2_100, 1: 885, 2: 15}
+    assert sample["id"].to_list() != points["id"].head(3_000).to_list()
+    assert stratified_sample(points, 3_000, "cluster", seed=0).equals(sample)  # seeded
+    assert stratified_sample(points.head(500), 3_000, "cluster", seed=0).height == 500
+
+
+def test_legends_with_many_classes_keep_natural_order_and_the_largest_groups() -> None:
+    assert sorted(["group-10", "group-9", "group-1"], key=natural_key) == [
+        "group-1", "group-9", "group-10"
+    ]  # fmt: skip
+    assert sorted([10, NOISE, 2, 1], key=natural_key) == [1, 2, 10, NOISE]
+    values = [f"class-{c}" for c in range(50) for _ in range(c + 1)]  # class-49 is the largest
+    colours = legend_colours(values)
+    named = {v for v, c in colours.items() if c != "#dddddd"}
+    assert named == {f"class-{c}" for c in range(31, 50)}  # 19 largest keep a colour
+    assert len({colours[v] for v in named}) == 19
+    few = legend_colours(["a", "b", "c"])
+    assert len(set(few.values())) == 3
+
+
+def test_a_43_class_map_stays_readable(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    labels = [f"topic-{c}" for c in range(43) for _ in range(12)]
+    frame = pl.DataFrame(
+        {"id": [f"d{i}" for i in range(len(labels))], "text": ["words"] * len(labels),
+         "label": labels}
+    )  # fmt: skip
+    vectors = rng.normal(size=(len(labels), 16)).astype(np.float32)
+    ref = embeddings_artifact(tmp_path / "store", [(frame, vectors)])
+    out = tmp_path / "c"
+    out.mkdir()
+    write_cluster_artifact(EmbeddingShards.open(ref), ClusterConfig(k=43), out)
+    from PIL import Image
+
+    for name in ("map_by_cluster.png", "map_by_label.png"):
+        width, height = Image.open(out / name).size
+        assert width <= 1200 and height <= 800, (name, width, height)

@@ -66,14 +66,14 @@ def check_reruns(corpus_slice: Path, store: str, prefect_api: str, address: str)
         }
     )  # fmt: skip
     state, first = run(config, store)
-    rows = ArtifactStore(store).read_manifest(state.result()["ingest"]).metrics["rows"]  # type: ignore[attr-defined,union-attr]
+    rows = ArtifactStore(store).read_manifest(state.result().artifact("ingest")).metrics["rows"]  # type: ignore[attr-defined,union-attr]
     # One encoder pass per text: training's features; the penultimate embeddings are the
     # trained head applied to those features, with no pass through the exported model.
     assert encoder_passes(store) == {"features": rows, "embedding-shard": 0}
     # Besides these, each subflow shows up as a task run of its parent (ingest, train, ...).
     assert STAGE_TASKS | {"publish-pipeline-summary"} <= set(first)
-    refs = state.result()  # type: ignore[attr-defined]
-    metrics = json.loads((refs["cluster"].path / "metrics.json").read_text())
+    result = state.result()  # type: ignore[attr-defined]
+    metrics = json.loads((result.artifact("cluster").path / "metrics.json").read_text())
     # The classifier's penultimate features separate spam from ham (issue 5's quality bar).
     assert metrics["ari"] >= 0.8, metrics
     assert "pipeline-summary" in prefect_artifact_keys(prefect_api)
