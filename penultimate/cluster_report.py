@@ -30,6 +30,7 @@ from penultimate.cluster import (
     texts_of,
 )
 from penultimate.config import ClusterConfig
+from penultimate.stages import ASSIGNMENTS_DIR
 
 _PALETTE = plt.get_cmap("tab10").colors + plt.get_cmap("Dark2").colors  # type: ignore[attr-defined]
 _SNIPPET = 160
@@ -213,7 +214,7 @@ def write_cluster_artifact(
     """
     fitted = fit_clusters(shards, config)
     projector = Projector(fitted, config)
-    summary = assign_all(shards, fitted, projector, out / "assignments", config.seed)
+    summary = assign_all(shards, fitted, projector, out / ASSIGNMENTS_DIR, config.seed)
     metrics = quality_metrics(fitted, summary, config)
     wanted: dict[int, list[int]] = {}
     for pairs in [*summary.text_sample.values(), *summary.nearest.values()]:
