@@ -36,3 +36,15 @@ CLUSTERS_STAGE = Stage("clusters", "1")
 # The per-shard cluster assignments (Parquet) inside a clusters artifact.
 ASSIGNMENTS_DIR = "assignments"
 PROBE_STAGE = Stage("probe", "1")
+
+ALL_STAGES = (
+    DATASET_STAGE,
+    ENCODER_STAGE,
+    FEATURES_STAGE,
+    CLASSIFIER_STAGE,
+    EXPORT_STAGE,
+    EMBEDDING_SHARD_STAGE,
+    EMBEDDINGS_STAGE,
+    CLUSTERS_STAGE,
+    PROBE_STAGE,
+)
