@@ -28,7 +28,8 @@ from penultimate.artifacts import ArtifactRef, ArtifactStore, open_artifact
 from penultimate.cluster import EmbeddingShards, validate_cluster_inputs
 from penultimate.cluster_report import write_cluster_artifact
 from penultimate.config import ClusterConfig, DaskRunnerConfig, EmbedConfig, IngestConfig
-from penultimate.embed import SHARD_FILE, peak_memory_mb, read_embeddings
+from penultimate.embed import peak_memory_mb
+from penultimate.embeddings import SHARD_FILE, read_embeddings
 from penultimate.ingest import read_dataset
 from penultimate.prefect_server import start_local_server, stop_local_server
 from penultimate.stages import EMBEDDING_SHARD_STAGE, EMBEDDINGS_STAGE

@@ -27,12 +27,11 @@ from penultimate.artifacts import ArtifactRef, ArtifactStore, open_artifact
 from penultimate.config import DaskRunnerConfig, EmbedConfig, EmbeddingChoice, IngestConfig
 from penultimate.embed import (
     EncoderEmbedder,
-    embedding_shard_files,
     extract_shard_embeddings,
     limit_tensorflow_threads,
     peak_memory_mb,
-    read_embeddings,
 )
+from penultimate.embeddings import embedding_shard_files, read_embeddings
 from penultimate.encoders.pair import EncoderPair
 from penultimate.encoders.sources import resolve_weights_folder
 from penultimate.features import LoadedEncoder, length_sorted_batches

@@ -20,3 +20,13 @@ from penultimate.console import silence_tensorflow_startup
 silence_tensorflow_startup()
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    # `penultimate.load_embeddings` is imported on first use, so `import penultimate` (which every
+    # CLI call and worker does) stays free of polars and pyarrow.
+    if name == "load_embeddings":
+        from penultimate.embeddings import load_embeddings
+
+        return load_embeddings
+    raise AttributeError(f"module 'penultimate' has no attribute {name!r}")

@@ -285,6 +285,14 @@ class ArtifactStore:
             if abandoned:
                 shutil.rmtree(child, ignore_errors=True)
 
+    def delete(self, ref: ArtifactRef) -> None:
+        """Remove an artifact folder: renamed out of sight first, then deleted, so a crash leaves
+        the artifact whole or gone, never a half-deleted folder at its path (a leftover trash
+        folder is swept like an abandoned staging one)."""
+        trash = ref.path.with_name(f"{_TRASH_PREFIX}{ref.key}-{uuid.uuid4().hex[:8]}")
+        ref.path.rename(trash)
+        shutil.rmtree(trash)
+
     def artifacts(self, stage: Stage | str) -> list[ArtifactRef]:
         """Valid artifacts of a stage (manifest well-formed; files not re-hashed)."""
         name = stage.name if isinstance(stage, Stage) else stage

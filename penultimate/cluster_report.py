@@ -31,6 +31,7 @@ from penultimate.cluster import (
     texts_of,
 )
 from penultimate.config import ClusterConfig
+from penultimate.stages import ASSIGNMENTS_DIR
 
 _SNIPPET = 160
 
@@ -315,7 +316,7 @@ def write_cluster_artifact(
     """
     fitted = fit_clusters(shards, config)
     projector = Projector(fitted, config)
-    summary = assign_all(shards, fitted, projector, out / "assignments", config.seed)
+    summary = assign_all(shards, fitted, projector, out / ASSIGNMENTS_DIR, config.seed)
     metrics = quality_metrics(fitted, summary, config)
     wanted: dict[int, list[int]] = {}
     for pairs in [*summary.text_sample.values(), *summary.nearest.values()]:

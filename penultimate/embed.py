@@ -20,8 +20,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import tensorflow as tf
 
-from penultimate.artifacts import ArtifactRef, ArtifactStore, Manifest
+from penultimate.artifacts import ArtifactRef, ArtifactStore
 from penultimate.config import EmbeddingChoice, EmbedSource, Precision
+from penultimate.embeddings import embeddings_table
 from penultimate.features import (
     ChoiceEncoder,
     LoadedEncoder,
@@ -41,10 +42,7 @@ from penultimate.shard_features import (
     read_shard,
     side_by_side,
 )
-from penultimate.stages import EMBEDDING_SHARD_STAGE, SAVED_MODEL_DIR
-
-SHARD_FILE = "embeddings.parquet"
-PASSTHROUGH = ("label", "split")
+from penultimate.stages import SAVED_MODEL_DIR
 
 
 @dataclass
@@ -286,20 +284,6 @@ class ExportedEmbedder:
         return ShardVectors(vectors, tokens, frame.height, None)
 
 
-def embeddings_table(frame: pl.DataFrame, vectors: np.ndarray, dtype: str) -> pa.Table:
-    """`id`, `embedding` (Arrow fixed-size list) and any passthrough columns, in shard order."""
-    if not np.isfinite(vectors).all():
-        bad = int(np.flatnonzero(~np.isfinite(vectors).all(axis=1))[0])
-        raise ValueError(f"non-finite embedding for id {frame['id'][bad]!r}")
-    values = pa.array(vectors.astype(dtype).ravel())
-    columns = {
-        "id": frame["id"].to_arrow(),
-        "embedding": pa.FixedSizeListArray.from_arrays(values, vectors.shape[1]),
-    }
-    columns.update({c: frame[c].to_arrow() for c in PASSTHROUGH if c in frame.columns})
-    return pa.table(columns)
-
-
 def extract_shard_embeddings(
     embedder: Embedder,
     shard: Path,
@@ -332,14 +316,6 @@ def extract_shard_embeddings(
         "texts_per_s": round(frame.height / seconds, 1) if seconds > 0 else 0.0,
         "choice_blocks": embedder.choice_blocks,
     }
-
-
-def read_embeddings(files: Sequence[Path]) -> tuple[pl.DataFrame, np.ndarray]:
-    """Rows (id and passthrough columns) and the [n, dim] matrix, without copying the vectors."""
-    table = pa.concat_tables([pq.read_table(f) for f in files]).combine_chunks()
-    column = table.column("embedding").chunk(0)
-    matrix = column.values.to_numpy(zero_copy_only=True).reshape(len(column), column.type.list_size)
-    return pl.from_arrow(table.drop(["embedding"])), matrix  # type: ignore[return-value]
 
 
 def peak_memory_mb() -> int:
@@ -385,12 +361,3 @@ def load_embedder(
     needs_head = choice.source in (EmbedSource.penultimate, EmbedSource.all_choices)
     head = ClassifierHead(classifier, input_names) if needs_head else None
     return FeatureEmbedder(store, encoder, choice, batch_size, head)
-
-
-def embedding_shard_files(embeddings: ArtifactRef, manifest: Manifest) -> list[Path]:
-    """The Parquet files of an embeddings artifact's shards (its manifest names them by key)."""
-    root = embeddings.path.parent.parent
-    return [
-        root / EMBEDDING_SHARD_STAGE.name / s["key"] / SHARD_FILE
-        for s in manifest.metrics["shards"]
-    ]

@@ -39,6 +39,17 @@ def headline(stage: str, metrics: Mapping) -> str:
     if stage == "dataset":
         splits = ", ".join(f"{n} {s}" for s, n in (metrics.get("rows_per_split") or {}).items())
         return f"{metrics.get('rows')} rows ({splits})"
+    if stage == "encoder":
+        return (
+            f"{metrics.get('num_layers')} layers, hidden size {metrics.get('hidden_size')}, "
+            f"seq_length {metrics.get('seq_length')}"
+        )
+    if stage == "features":
+        choices = metrics.get("choices") or []
+        return (
+            f"{metrics.get('rows')} rows x {len(choices)} vectors, "
+            f"{metrics.get('encoded_texts')} texts through the encoder"
+        )
     if stage == "classifier":
         test = metrics.get("test") or {}
         numbers = ("accuracy", "f1", "roc_auc")
@@ -46,6 +57,8 @@ def headline(stage: str, metrics: Mapping) -> str:
     if stage == "export":
         diffs = (metrics.get("max_abs_diff") or {}).values()
         return f"reloaded in a fresh process, max abs diff {max(diffs, default=float('nan')):.1e}"
+    if stage == "embedding-shard":
+        return f"{metrics.get('rows')} vectors of dim {metrics.get('dim')}"
     if stage == "embeddings":
         reused = "" if metrics.get("encoded_texts") else " (from cached features, no encoder pass)"
         truncated = metrics.get("truncated")
@@ -55,6 +68,8 @@ def headline(stage: str, metrics: Mapping) -> str:
         numbers = ("silhouette", "ari", "nmi", "purity")
         scores = ", ".join(f"{n} {metrics[n]:.3f}" for n in numbers if n in metrics)
         return f"{metrics.get('clusters')} clusters; {scores}"
+    if stage == "probe" and "best" in metrics:
+        return f"best {metrics['best']} (test accuracy {metrics['best_accuracy']:.3f})"
     return ""
 
 

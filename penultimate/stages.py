@@ -28,8 +28,23 @@ EXPORT_STAGE = Stage("export", "3")
 # The SavedModel's folder inside an export artifact.
 SAVED_MODEL_DIR = "saved_model"
 # 2: made from features artifacts where the store has them; metrics count the texts encoded.
-EMBEDDING_SHARD_STAGE = Stage("embedding-shard", "2")
+# 3: every passthrough column of the dataset shard (was `label` and `split` only).
+EMBEDDING_SHARD_STAGE = Stage("embedding-shard", "3")
 # 2: shards named by key, relative to the store.
 EMBEDDINGS_STAGE = Stage("embeddings", "2")
 CLUSTERS_STAGE = Stage("clusters", "1")
+# The per-shard cluster assignments (Parquet) inside a clusters artifact.
+ASSIGNMENTS_DIR = "assignments"
 PROBE_STAGE = Stage("probe", "1")
+
+ALL_STAGES = (
+    DATASET_STAGE,
+    ENCODER_STAGE,
+    FEATURES_STAGE,
+    CLASSIFIER_STAGE,
+    EXPORT_STAGE,
+    EMBEDDING_SHARD_STAGE,
+    EMBEDDINGS_STAGE,
+    CLUSTERS_STAGE,
+    PROBE_STAGE,
+)

@@ -37,12 +37,8 @@ def embed_shard(
     store_root: str,
 ) -> dict[str, Any]:
     """Embed one dataset shard into its own artifact; the model is loaded once per worker."""
-    from penultimate.embed import (
-        SHARD_FILE,
-        extract_shard_embeddings,
-        load_embedder,
-        peak_memory_mb,
-    )
+    from penultimate.embed import extract_shard_embeddings, load_embedder, peak_memory_mb
+    from penultimate.embeddings import SHARD_FILE
 
     loads_before = load_embedder.cache_info().misses
     embedder = load_embedder(

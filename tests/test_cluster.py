@@ -30,7 +30,7 @@ from penultimate.cluster_report import (
     write_cluster_artifact,
 )
 from penultimate.config import ClusterConfig
-from penultimate.embed import SHARD_FILE
+from penultimate.embeddings import SHARD_FILE
 from penultimate.stages import EMBEDDING_SHARD_STAGE, EMBEDDINGS_STAGE
 
 TOPICS = {

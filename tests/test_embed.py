@@ -14,12 +14,8 @@ import pytest
 
 from conftest import FIXTURES
 from penultimate.config import EmbeddingChoice
-from penultimate.embed import (
-    EncoderEmbedder,
-    ShardError,
-    extract_shard_embeddings,
-    read_embeddings,
-)
+from penultimate.embed import EncoderEmbedder, ShardError, extract_shard_embeddings
+from penultimate.embeddings import read_embeddings
 from penultimate.encoders.pair import EncoderPair
 from penultimate.features import LoadedEncoder, encoder_choice_names
 
@@ -122,6 +118,7 @@ def test_shard_embeddings_keep_ids_order_and_passthrough(
             "text": ["spam spam spam", "hello there " * 200, "", None],
             "label": ["spam", "ham", "ham", "spam"],
             "split": ["train", "test", "train", "val"],
+            "group": ["spam_2", "easy_ham", "hard_ham", "spam"],
         }
     ).write_parquet(shard)
     out = tmp_path / "emb.parquet"
@@ -134,6 +131,7 @@ def test_shard_embeddings_keep_ids_order_and_passthrough(
     assert table.schema.field("embedding").type == pa.list_(pa.float16(), 384)
     rows, matrix = read_embeddings([out])
     assert rows["id"].to_list() == ["b", "a", "c", "d"]
+    assert rows.columns == ["id", "label", "split", "group"]  # every column but the text
     assert rows["label"].to_list() == ["spam", "ham", "ham", "spam"]
     assert matrix.shape == (4, 384) and not matrix.flags.owndata  # a view on Arrow's buffer
     np.testing.assert_allclose(np.linalg.norm(matrix.astype(np.float32), axis=1), 1, atol=1e-3)

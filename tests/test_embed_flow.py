@@ -19,7 +19,7 @@ from flows.embed import embed
 from flows.ingest import ingest
 from penultimate.artifacts import ArtifactRef, ArtifactStore
 from penultimate.config import EmbedConfig, IngestConfig
-from penultimate.embed import embedding_shard_files, read_embeddings
+from penultimate.embeddings import embedding_shard_files, read_embeddings
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 

@@ -22,7 +22,7 @@ from flows.ingest import ingest
 from penultimate.artifacts import ArtifactRef, ArtifactStore
 from penultimate.config import EmbedConfig, IngestConfig
 from penultimate.email_text import email_to_text
-from penultimate.embed import embedding_shard_files, read_embeddings
+from penultimate.embeddings import embedding_shard_files, read_embeddings
 from penultimate.stages import EMBEDDING_SHARD_STAGE
 
 pytestmark = pytest.mark.usefixtures("prefect_api")

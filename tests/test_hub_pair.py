@@ -33,7 +33,7 @@ from penultimate.config import (
     ProbeConfig,
     TrainConfig,
 )
-from penultimate.embed import embedding_shard_files, read_embeddings
+from penultimate.embeddings import embedding_shard_files, read_embeddings
 from penultimate.encoders.sources import HubPairError, resolve_handle
 from penultimate.features import encoder_choice_names
 from tasks.encoder import build_encoder
