@@ -225,7 +225,7 @@ def test_ls_lists_every_artifact_newest_first_with_headline_and_size(
         r"embeddings +\w{24}  [\d-]{10} [\d:]{8} +\d+\.\d KiB  40 vectors of dim 8", embeddings
     )
     assert "2 clusters; silhouette 0." in by_key[template.new.clusters]
-    assert "40 rows; per split {'test': " in by_key[template.new.dataset]
+    assert re.search(r"40 rows \(\d+ test, \d+ train, \d+ val\)", by_key[template.new.dataset])
     assert "2 layers, hidden size 8, seq_length 16" in by_key[template.encoder]
     assert "15 rows x 1 vectors, 15 texts through the encoder" in by_key[template.new.features[0]]
     order = ["dataset", "encoder", "features", "embedding-shard", "embeddings", "clusters"]
@@ -234,7 +234,7 @@ def test_ls_lists_every_artifact_newest_first_with_headline_and_size(
     # Newest first within a stage: the second chain before the first, the orphan dataset last.
     datasets = [line.split()[1] for line in lines if line.startswith("dataset")]
     assert datasets == [template.new.dataset, template.old.dataset, template.orphan]
-    assert re.fullmatch(rf"{len(lines)} artifact\(s\), \d+\.\d KiB, in {template.root}", footer)
+    assert re.fullmatch(rf"{len(lines)} artifact\(s\), \d+\.\d [KM]iB, in {template.root}", footer)
 
 
 def test_ls_one_stage_and_an_unknown_stage(
@@ -300,7 +300,7 @@ def test_gc_dry_run_deletes_nothing_and_names_the_unreachable(
     unreachable = {built.orphan, *built.old.keys()}
     assert re.fullmatch(
         rf"dry run: would delete {len(unreachable)} of {len(before)} artifact\(s\), "
-        r"\d+\.\d KiB \(--apply deletes them\)",
+        r"\d+\.\d [KM]iB \(--apply deletes them\)",
         summary,
     )
     assert {line.split()[1] for line in lines} == unreachable
