@@ -31,5 +31,7 @@ SAVED_MODEL_DIR = "saved_model"
 EMBEDDING_SHARD_STAGE = Stage("embedding-shard", "2")
 # 2: shards named by key, relative to the store.
 EMBEDDINGS_STAGE = Stage("embeddings", "2")
-CLUSTERS_STAGE = Stage("clusters", "1")
+# 2: distinctive terms by BERTopic's c-TF-IDF with frequent-word reduction, without link parts,
+#    markup, contraction pieces and stop words.
+CLUSTERS_STAGE = Stage("clusters", "2")
 PROBE_STAGE = Stage("probe", "1")
