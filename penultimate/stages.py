@@ -20,7 +20,9 @@ FEATURES_STAGE = Stage("features", "2")
 # 2: classifier.json names its encoder artifact by key.
 # 3: named `classifier` (was `model`); trained on per-shard features artifacts (named in the
 #    metrics, not in the key).
-CLASSIFIER_STAGE = Stage("classifier", "3")
+# 4: confusion_matrix.png row-normalised and at most 1596 px a side; metrics name the top
+#    confusions.
+CLASSIFIER_STAGE = Stage("classifier", "4")
 # 2: `encode` also returns `penultimate`, so every choice comes from one encoder pass.
 # 3: inputs packed through the standard `tokenize` + `bert_pack_inputs` (any TF-Hub preprocessor);
 #    `seq_length` kept as a variable.

@@ -13,6 +13,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from penultimate.artifacts import ArtifactRef, ArtifactStore, Manifest
+from penultimate.classifier_report import classifier_report_markdown, score_table
 from penultimate.config import TrainConfig
 from penultimate.encoders.pair import EncoderPair
 from penultimate.errors import InputError
@@ -99,31 +100,15 @@ def _show_metrics(ref: ArtifactRef, manifest: Manifest, params: Mapping[str, Any
     test = manifest.metrics.get("test")
     if not test:
         return
-    names = ("accuracy", "precision", "recall", "f1", "roc_auc")
     create_table_artifact(
         key="classifier-test-metrics",
-        table=[{"metric": n, "value": test[n]} for n in names],
+        table=score_table(test),
         description=f"Test-split metrics of model {ref.key}",
-    )
-    matrix = "\n".join(
-        f"| {name} | " + " | ".join(str(v) for v in row) + " |"
-        for name, row in zip(test["labels"], test["confusion_matrix"], strict=True)
     )
     create_markdown_artifact(
         key="classifier-report",
-        markdown=(
-            f"# Classifier `{ref.key}`\n\n- location: `{ref.uri}`\n- epochs run: "
-            f"{manifest.metrics['epochs_run']}\n"
-            + "".join(f"- {n}: {test[n]:.4f}\n" for n in names if test[n] is not None)
-            + "\n| true \\ predicted | "
-            + " | ".join(test["labels"])
-            + " |\n|---|"
-            + "---|" * len(test["labels"])
-            + "\n"
-            + matrix
-            + "\n"
-        ),
-        description="Test metrics and confusion matrix",
+        markdown=classifier_report_markdown(ref, manifest.metrics),
+        description="Test metrics, top confusions and confusion matrix",
     )
 
 
