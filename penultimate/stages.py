@@ -21,7 +21,7 @@ FEATURES_STAGE = Stage("features", "2")
 # 3: named `classifier` (was `model`); trained on per-shard features artifacts (named in the
 #    metrics, not in the key).
 # 4: confusion_matrix.png row-normalised and at most 1596 px a side; metrics name the top
-#    confusions.
+#    confusions; TensorBoard logs in a run named after the config, with an hparams session.
 CLASSIFIER_STAGE = Stage("classifier", "4")
 # 2: `encode` also returns `penultimate`, so every choice comes from one encoder pass.
 # 3: inputs packed through the standard `tokenize` + `bert_pack_inputs` (any TF-Hub preprocessor);
