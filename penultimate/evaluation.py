@@ -34,6 +34,7 @@ def classification_metrics(
         "positive_label": names[1] if binary else None,
         "labels": list(names),
         "confusion_matrix": matrix.tolist(),
+        # Shares to 4 decimals: the exact counts are beside them and in the matrix.
         "top_confusions": [
             {**confusion._asdict(), "share_of_true": round(confusion.share_of_true, 4)}
             for confusion in top_confusions(matrix, names)
