@@ -18,7 +18,7 @@ matplotlib.use("Agg")  # files only; no display on workers or servers
 import matplotlib.pyplot as plt
 import numpy as np
 import polars as pl
-from sklearn.feature_extraction.text import CountVectorizer
+from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, CountVectorizer
 
 from penultimate.cluster import (
     HTML_POINTS,
@@ -40,26 +40,78 @@ def cluster_name(cluster: int) -> str:
     return "noise" if cluster == NOISE else f"cluster {cluster}"
 
 
+# Removed before counting: a URL or an e-mail address splits into words (`http`, `www`, `com`,
+# host and path parts) that name no topic, only that the texts contain links; HTML tags and
+# entities (`<font face=arial>`, `&nbsp;`), which mail often carries in its plain-text parts,
+# name only the markup.
+_URL_ADDRESS_OR_MARKUP = re.compile(
+    r"(?:\b(?:https?|ftp)://|\bwww\.)\S+|[\w.+-]+@[\w-]+(?:\.[\w-]+)+"
+    r"|</?[a-z][^<>]{0,500}>|&#?\w{1,10};",
+    re.IGNORECASE,
+)
+# Contraction endings (with a straight or a typographic apostrophe, U+2019), stripped so `don't`
+# counts as `do` (a stop word), not as `don` and `t`.
+_CONTRACTION_ENDING = re.compile(r"(?<=[a-z])(?:n['\u2019]t|['\u2019](?:s|ll|ve|re|d|m))\b")
+# Words of at least three letters: shorter ones are mostly fragments and abbreviations, and
+# digits or underscores inside a word mark ids and codes, not words.
+_TERM_PATTERN = r"(?u)\b[^\W\d_]{3,}\b"
+# Beyond scikit-learn's English stop words, words that top clusters of mail without naming a
+# topic: what stripping `n't` leaves that the list lacks; URL parts of links written without a
+# scheme; the header lines of quoted and forwarded mail (`Date: Mon, 23 Sep 2002`, `Subject:`,
+# `URL:`, `mailto:`; `sat` and `sun` are words too, so they stay); and contractions written
+# without their apostrophe.
+EXTRA_STOP_WORDS = frozenset(
+    {"does", "did"}
+    | {"http", "https", "www", "com", "net", "org", "html", "htm"}
+    | {"date", "subject", "url", "mailto", "mon", "tue", "wed", "thu", "fri"}
+    | {"jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "oct", "nov", "dec"}
+    | {"dont", "doesnt", "didnt", "isnt", "arent", "wasnt", "werent", "wont", "wouldnt"}
+    | {"shouldnt", "havent", "hadnt", "youre", "youve", "youll", "youd", "theyre", "theyve"}
+    | {"ive", "weve", "thats", "theres", "whats", "hes", "shes"}
+)
+
+
+def _words_only(text: str) -> str:
+    """Lower-cased text without URLs, e-mail addresses, markup and contraction endings."""
+    return _CONTRACTION_ENDING.sub("", _URL_ADDRESS_OR_MARKUP.sub(" ", text.lower()))
+
+
 def distinctive_terms(texts: Mapping[int, Sequence[str]], top: int) -> dict[int, list[str]]:
-    """Class-based TF-IDF: each cluster's texts form one document; a term weighs by its frequency
-    in the cluster times log(1 + average words per cluster / its frequency over all clusters)."""
+    """Each cluster's `top` terms by class-based TF-IDF (c-TF-IDF, as BERTopic computes it with
+    `reduce_frequent_words=True`).
+
+    A cluster's texts form one document. With `tf(t, c)` the count of term `t` in cluster `c`,
+    `A` the average number of counted words per cluster and `f(t)` the count of `t` over all
+    clusters, a term weighs
+
+        W(t, c) = sqrt(tf(t, c) / sum_t' tf(t', c)) * log(1 + A / f(t))
+
+    The square root of the (L1-normalised) term frequency damps words that are frequent
+    everywhere, so the inverse frequency decides more. Counted are words of at least three
+    letters, after URLs, e-mail addresses, HTML tags and entities and contraction endings
+    (`'s`, `n't`, `'ll`, `'ve`, `'re`, `'d`, `'m`) are removed, except scikit-learn's English
+    stop words and `EXTRA_STOP_WORDS`. Ties go to the alphabetically first term.
+    """
     clusters = [c for c in texts if texts[c]]
     if not clusters:
         return {}
     vectorizer = CountVectorizer(
-        stop_words="english", token_pattern=r"(?u)\b[a-zA-Z][a-zA-Z]+\b", max_features=50_000
+        preprocessor=_words_only,
+        token_pattern=_TERM_PATTERN,
+        stop_words=sorted(ENGLISH_STOP_WORDS | EXTRA_STOP_WORDS),
+        max_features=50_000,
     )
     try:
         counts = vectorizer.fit_transform([" ".join(texts[c]) for c in clusters]).toarray()
     except ValueError:  # nothing but stop words
         return {c: [] for c in clusters}
-    words = vectorizer.get_feature_names_out()
-    per_cluster = counts.sum(axis=1, keepdims=True).clip(min=1)
-    term_frequency = counts / per_cluster
-    idf = np.log(1 + per_cluster.mean() / counts.sum(axis=0).clip(min=1))
-    weights = term_frequency * idf
+    words = vectorizer.get_feature_names_out()  # sorted, so a stable sort breaks ties by name
+    words_per_cluster = counts.sum(axis=1, keepdims=True)
+    term_frequency = np.sqrt(counts / words_per_cluster.clip(min=1))
+    inverse_frequency = np.log(1 + words_per_cluster.mean() / counts.sum(axis=0))
+    weights = term_frequency * inverse_frequency
     return {
-        c: [words[i] for i in np.argsort(-weights[row])[:top] if counts[row, i] > 0]
+        c: [words[i] for i in np.argsort(-weights[row], kind="stable")[:top] if counts[row, i]]
         for row, c in enumerate(clusters)
     }
 

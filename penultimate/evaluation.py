@@ -1,12 +1,13 @@
 """Classification metrics on a test split (accuracy, precision, recall, F1, ROC-AUC, confusion
-matrix) and the confusion-matrix plot; plain numpy/scikit-learn, no TensorFlow.
+matrix, its largest off-diagonal cells) and the confusion-matrix plot, readable at any class count;
+plain numpy/scikit-learn, no TensorFlow.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from sklearn import metrics as skm
@@ -21,6 +22,7 @@ def classification_metrics(
     sorted `ham, spam`); more classes report macro averages.
     """
     y_pred = probabilities.argmax(axis=1)
+    matrix = skm.confusion_matrix(y_true, y_pred, labels=list(range(len(names))))
     binary = len(names) == 2
     average = "binary" if binary else "macro"
     result: dict[str, Any] = {
@@ -31,9 +33,12 @@ def classification_metrics(
         "f1": float(skm.f1_score(y_true, y_pred, average=average, zero_division=0)),
         "positive_label": names[1] if binary else None,
         "labels": list(names),
-        "confusion_matrix": skm.confusion_matrix(
-            y_true, y_pred, labels=list(range(len(names)))
-        ).tolist(),
+        "confusion_matrix": matrix.tolist(),
+        # Shares to 4 decimals: the exact counts are beside them and in the matrix.
+        "top_confusions": [
+            {**confusion._asdict(), "share_of_true": round(confusion.share_of_true, 4)}
+            for confusion in top_confusions(matrix, names)
+        ],
     }
     present = np.unique(y_true)
     if len(present) == len(names):
@@ -47,27 +52,103 @@ def classification_metrics(
     return result
 
 
+class Confusion(NamedTuple):
+    """One off-diagonal cell of a confusion matrix."""
+
+    true: str
+    predicted: str
+    count: int
+    share_of_true: float
+    """`count` over the true class's rows in the split."""
+
+
+def row_shares(matrix: Sequence[Sequence[int]]) -> np.ndarray:
+    """Each row over its sum: the share of a true class predicted as each class (NaN for a class
+    with no rows in the split)."""
+    counts = np.asarray(matrix, np.float64)
+    totals = counts.sum(axis=1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(totals > 0, counts / totals, np.nan)
+
+
+def top_confusions(
+    matrix: Sequence[Sequence[int]], names: Sequence[str], k: int = 10
+) -> list[Confusion]:
+    """The `k` largest off-diagonal cells, largest count first (ties: larger share of the true
+    class, then matrix order); cells with no rows are left out."""
+    counts = np.asarray(matrix, np.int64)
+    shares = row_shares(counts)
+    cells = [(int(r), int(c)) for r, c in zip(*np.nonzero(counts), strict=True) if r != c]
+    cells.sort(key=lambda cell: (-counts[cell], -shares[cell], cell))
+    return [
+        Confusion(names[r], names[c], int(counts[r, c]), float(shares[r, c])) for r, c in cells[:k]
+    ]
+
+
+# The plot is square and at most _MAX_SIDE_INCHES * _DPI (1596) pixels a side at any class count;
+# _MARGIN_INCHES hold the tick labels, the axis labels, the title and the colour bar.
+_DPI = 120
+_MAX_SIDE_INCHES = 13.3
+_MARGIN_INCHES = 3.2
+_MAX_CELL_INCHES = 0.9
+# Up to this many classes a cell shows its share with one decimal and its count; up to
+# _ANNOTATED_CLASSES whole percents; beyond, cells are too small for text.
+_DETAILED_CLASSES = 12
+_ANNOTATED_CLASSES = 30
+_LABEL_CHARS = 20
+
+
+def _short(name: str) -> str:
+    return name if len(name) <= _LABEL_CHARS else name[: _LABEL_CHARS - 1] + "…"
+
+
 def plot_confusion_matrix(
     matrix: Sequence[Sequence[int]], names: Sequence[str], path: Path
 ) -> None:
+    """The confusion matrix as a PNG, row-normalised: each cell is the share of its true class
+    (the counts are in metrics.json), on a fixed 0-100% colour scale, so runs compare; a square
+    root scale, so that a few percent of mistakes still show. Empty cells carry no text."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.colors import PowerNorm
+    from matplotlib.ticker import PercentFormatter
 
-    values = np.asarray(matrix)
-    figure, axes = plt.subplots(figsize=(1.6 + 1.1 * len(names), 1.2 + 1.1 * len(names)))
-    axes.imshow(values, cmap="Blues")
-    for (row, col), count in np.ndenumerate(values):
-        dark = count > values.max() / 2
-        axes.text(
-            col, row, str(count), ha="center", va="center", color="white" if dark else "black"
-        )
-    axes.set_xticks(range(len(names)), names)
-    axes.set_yticks(range(len(names)), names)
-    axes.set_xlabel("predicted")
-    axes.set_ylabel("true")
-    axes.set_title("test split")
+    counts = np.asarray(matrix, np.int64)
+    shares = row_shares(counts)
+    classes = len(names)
+    cell = min(_MAX_CELL_INCHES, (_MAX_SIDE_INCHES - _MARGIN_INCHES) / classes)
+    side = _MARGIN_INCHES + cell * classes
+    cell_points = cell * 72
+    tick_size = float(np.clip(cell_points * 0.45, 5, 10))
+    figure, axes = plt.subplots(figsize=(side, side), dpi=_DPI)
+    colours = plt.get_cmap("Blues").with_extremes(bad="#e6e6e6")  # grey: no rows of that class
+    image = axes.imshow(shares, cmap=colours, norm=PowerNorm(0.5, vmin=0, vmax=1))
+    if classes <= _ANNOTATED_CLASSES:
+        detailed = classes <= _DETAILED_CLASSES
+        # Two lines of up to six characters, or one of up to three, fill about half a cell.
+        text_size = float(np.clip(cell_points * (0.2 if detailed else 0.28), 5, 11))
+        for (row, col), share in np.ndenumerate(shares):
+            if not counts[row, col]:
+                continue
+            text = f"{share:.1%}\n{counts[row, col]}" if detailed else f"{100 * share:.0f}"
+            colour = "white" if share > 0.4 else "black"  # on the darker blues
+            axes.text(col, row, text, ha="center", va="center", fontsize=text_size, color=colour)
+    labels = [_short(name) for name in names]
+    x_label_style: dict[str, Any] = {}  # horizontal: a few short names
+    if classes > _DETAILED_CLASSES:
+        x_label_style = {"rotation": 90}
+    elif classes > 3 or max(map(len, labels)) > 10:
+        x_label_style = {"rotation": 45, "ha": "right", "rotation_mode": "anchor"}
+    axes.set_xticks(range(classes), labels, fontsize=tick_size, **x_label_style)
+    axes.set_yticks(range(classes), labels, fontsize=tick_size)
+    axes.set_xlabel("predicted class")
+    axes.set_ylabel("true class (each row sums to 100%)")
+    axes.set_title(f"test split, {counts.sum()} rows: share of each true class")
+    bar = figure.colorbar(image, ax=axes, fraction=0.046, pad=0.03, format=PercentFormatter(1.0))
+    bar.set_ticks([0, 0.02, 0.1, 0.25, 0.5, 0.75, 1])
+    bar.ax.tick_params(labelsize=tick_size)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=_DPI)
     plt.close(figure)

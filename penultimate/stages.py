@@ -20,7 +20,9 @@ FEATURES_STAGE = Stage("features", "2")
 # 2: classifier.json names its encoder artifact by key.
 # 3: named `classifier` (was `model`); trained on per-shard features artifacts (named in the
 #    metrics, not in the key).
-CLASSIFIER_STAGE = Stage("classifier", "3")
+# 4: confusion_matrix.png row-normalised and at most 1596 px a side; metrics name the top
+#    confusions; TensorBoard logs in a run named after the config, with an hparams session.
+CLASSIFIER_STAGE = Stage("classifier", "4")
 # 2: `encode` also returns `penultimate`, so every choice comes from one encoder pass.
 # 3: inputs packed through the standard `tokenize` + `bert_pack_inputs` (any TF-Hub preprocessor);
 #    `seq_length` kept as a variable.
@@ -32,7 +34,9 @@ SAVED_MODEL_DIR = "saved_model"
 EMBEDDING_SHARD_STAGE = Stage("embedding-shard", "3")
 # 2: shards named by key, relative to the store.
 EMBEDDINGS_STAGE = Stage("embeddings", "2")
-CLUSTERS_STAGE = Stage("clusters", "1")
+# 2: distinctive terms by BERTopic's c-TF-IDF with frequent-word reduction, without link parts,
+#    markup, contraction pieces and stop words; maps on stratified samples, map.html by plotly.
+CLUSTERS_STAGE = Stage("clusters", "2")
 # The per-shard cluster assignments (Parquet) inside a clusters artifact.
 ASSIGNMENTS_DIR = "assignments"
 PROBE_STAGE = Stage("probe", "1")

@@ -35,6 +35,13 @@ from penultimate.features import (
 )
 from penultimate.shard_features import read_features, side_by_side
 from penultimate.stages import ENCODER_STAGE
+from penultimate.training_log import (
+    TENSORBOARD_DIR,
+    EpochLog,
+    run_name,
+    tensorboard_callback,
+    write_run_summary,
+)
 
 CLASSIFIER_FILE = "classifier.json"
 WEIGHTS = "weights/classifier"
@@ -166,16 +173,6 @@ def logits_to_probabilities(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
-class _EpochLog(tf_keras.callbacks.Callback):
-    def __init__(self, log: Callable[[str], None], epochs: int) -> None:
-        super().__init__()
-        self._log, self._epochs = log, epochs
-
-    def on_epoch_end(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
-        shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted((logs or {}).items()) if k != "lr")
-        self._log(f"epoch {epoch + 1}/{self._epochs}: {shown}")
-
-
 def token_batches(
     loaded: LoadedEncoder,
     texts: Sequence[str],
@@ -233,15 +230,17 @@ def fit_classifier(
     features: Mapping[str, np.ndarray] | None,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
-    """Train, evaluate on the test split, and write weights, history, metrics and plots to `out`."""
+    """Train, evaluate on the test split, and write weights, history, metrics, plots and the
+    TensorBoard run to `out`; `log` gets a line per epoch."""
     tf_keras.utils.set_random_seed(config.seed)
     splits = {s: frame.filter(pl.col("split") == s) for s in FEATURE_SPLITS}
     y = {s: labels.encode(part["label"]) for s, part in splits.items()}
     model = build_classifier(pair, config, labels, loaded)
     steps = -(-len(y["train"]) // config.batch_size) * config.epochs
+    run_dir = out / TENSORBOARD_DIR / run_name(config)
     callbacks: list[tf_keras.callbacks.Callback] = [
-        _EpochLog(log, config.epochs),
-        tf_keras.callbacks.TensorBoard(log_dir=str(out / "tensorboard"), profile_batch=0),
+        EpochLog(log, config.epochs),
+        tensorboard_callback(run_dir),
     ]
     if config.early_stopping_patience:
         callbacks.append(
@@ -294,13 +293,17 @@ def fit_classifier(
         )
         test_logits = predict_logits(model, loaded, texts["test"]) if len(y["test"]) else None
     model.save_weights(str(out / WEIGHTS))
-    metrics: dict[str, Any] = {"epochs_run": len(history.history.get("loss", []))}
+    metrics: dict[str, Any] = {
+        "epochs_run": len(history.history.get("loss", [])),
+        "tensorboard_run": run_dir.name,
+    }
     if test_logits is not None:
         probabilities = logits_to_probabilities(np.asarray(test_logits))
         metrics["test"] = classification_metrics(y["test"], probabilities, labels.names)
         plot_confusion_matrix(
             metrics["test"]["confusion_matrix"], labels.names, out / "confusion_matrix.png"
         )
+    write_run_summary(run_dir, config, metrics.get("test"), metrics["epochs_run"])
     (out / "history.json").write_text(json.dumps(_plain_history(history.history), indent=2))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics

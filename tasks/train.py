@@ -13,13 +13,13 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from penultimate.artifacts import ArtifactRef, ArtifactStore, Manifest
+from penultimate.classifier_report import classifier_report_markdown, score_table
 from penultimate.config import TrainConfig
 from penultimate.encoders.pair import EncoderPair
 from penultimate.errors import InputError
 from penultimate.ingest import read_dataset
 from penultimate.shard_features import features_key, pooling_names
 from penultimate.stages import CLASSIFIER_STAGE, FEATURES_STAGE
-from penultimate.ui import file_url, inline_png, markdown_table, rounded
 from tasks.caching import artifact_task
 
 # The library modules that load TensorFlow (or scikit-learn) are imported inside the task bodies:
@@ -100,29 +100,15 @@ def _show_metrics(ref: ArtifactRef, manifest: Manifest, params: Mapping[str, Any
     test = manifest.metrics.get("test")
     if not test:
         return
-    names = ("accuracy", "precision", "recall", "f1", "roc_auc")
-    scores = [{"metric": n, "value": rounded(test[n])} for n in names if test[n] is not None]
     create_table_artifact(
         key="classifier-test-metrics",
-        table=scores,
+        table=score_table(test),
         description=f"Test-split metrics of classifier {ref.key}",
     )
-    store_root = Path(params["store_root"])
-    lines = [
-        f"# Classifier `{ref.key}`",
-        "",
-        f"- epochs run: {manifest.metrics['epochs_run']}; "
-        f"[files]({file_url(store_root, ref.path)})",
-        "",
-        markdown_table(scores),
-    ]
-    plot = ref.path / "confusion_matrix.png"
-    if plot.exists():
-        lines += [inline_png(plot, "confusion matrix of the test split", store_root), ""]
     create_markdown_artifact(
         key="classifier-report",
-        markdown="\n".join(lines),
-        description="Test metrics and confusion matrix",
+        markdown=classifier_report_markdown(ref, manifest.metrics, Path(params["store_root"])),
+        description="Test metrics, top confusions and confusion matrix",
     )
 
 

@@ -12,6 +12,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
 from conftest import run_cli
 from penultimate.artifacts import ArtifactRef, ArtifactStore
@@ -30,6 +31,7 @@ from penultimate.cluster_report import (
     write_cluster_artifact,
 )
 from penultimate.config import ClusterConfig
+from penultimate.email_text import email_to_text
 from penultimate.embeddings import SHARD_FILE
 from penultimate.stages import EMBEDDING_SHARD_STAGE, EMBEDDINGS_STAGE
 
@@ -197,10 +199,48 @@ def test_minibatch_streams_and_matches_full_kmeans(topics: ArtifactRef) -> None:
 
 def test_distinctive_terms_prefer_what_sets_a_cluster_apart() -> None:
     terms = distinctive_terms(
-        {0: ["the spam offer free money", "free money now"], 1: ["meeting notes money agenda"]}, 2
+        {0: ["the spam offer free money", "free money now"], 1: ["meeting notes money agenda"]}, 3
     )
-    assert terms[0] == ["free", "offer"] or terms[0][0] == "free"
-    assert "agenda" in terms[1] and "money" not in terms[1]
+    # `money` is in both clusters: each cluster's own words outrank it.
+    assert set(terms[0]) == {"free", "offer", "spam"}
+    assert set(terms[1]) == {"agenda", "meeting", "notes"}
+
+
+def test_distinctive_terms_skip_links_markup_and_contractions() -> None:
+    offer = (
+        "Don't miss it, you'll love 'em: http://www.pills.example.com/buy.html or mail "
+        "sales@pills.example.net <font face=arial>cheap</font>&nbsp;pills! www.cheap.org/now"
+    )
+    terms = distinctive_terms({0: [offer] * 3, 1: ["Isn't the agenda ready? We've got notes"]}, 10)
+    # Equal weights within each cluster here, so alphabetical order.
+    assert terms == {
+        0: ["cheap", "love", "mail", "miss", "pills"],
+        1: ["agenda", "got", "notes", "ready"],
+    }
+
+
+def test_distinctive_terms_of_real_mail_tell_ham_from_spam(corpus_path: Path) -> None:
+    """Ham and spam mails of the shared corpus, as clusters: their terms are words, not link
+    parts, stop words or pieces of contractions, and they differ."""
+    corpus = pl.read_parquet(corpus_path).sort("id")
+    texts = {
+        cluster: [
+            email_to_text(raw).text
+            for raw in corpus.filter(pl.col("label") == label)["raw"].head(300)
+        ]
+        for cluster, label in enumerate(["ham", "spam"])
+    }
+    assert sum("n't" in text or "'ll" in text for text in texts[0]) > 50  # contractions abound
+    assert sum("http://" in text for text in texts[1]) > 100  # and links
+    terms = distinctive_terms(texts, 20)
+    url_parts = {"http", "https", "www", "com", "net", "org", "html", "htm", "mailto"}
+    pieces = {"don", "doesn", "didn", "isn", "wasn", "aren", "won", "couldn", "wouldn", "haven"}
+    for words in terms.values():
+        assert len(words) == 20
+        assert all(len(word) >= 3 and word.isalpha() for word in words), words
+        assert not set(words) & (ENGLISH_STOP_WORDS | url_parts | pieces), words
+    assert len(set(terms[0]) & set(terms[1])) <= 4, terms
+    assert {"linux", "wrote"} <= set(terms[0]) and {"free", "money", "click"} <= set(terms[1])
 
 
 def bad(

@@ -4,6 +4,8 @@ encoder freezing that leaves frozen weights bit-identical, and the train flow en
 from __future__ import annotations
 
 import dataclasses
+import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -192,3 +194,83 @@ def test_classifier_config_round_trips(minilm_pair: Path) -> None:
     rebuilt = TextClassifier.from_config(model.get_config())
     assert rebuilt.get_config() == model.get_config()
     assert rebuilt.train_config == config and rebuilt.output_layer.units == 3
+
+
+def event_values(folder: Path) -> dict[str, tf.compat.v1.Summary.Value]:
+    """Tag -> the summary value of every event file directly in `folder`."""
+    values = {}
+    for events in sorted(folder.glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(events)):
+            values.update({value.tag: value for value in event.summary.value})
+    return values
+
+
+def test_training_logs_timed_epochs_and_a_named_tensorboard_run_with_hparams(
+    hub_pair: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Trained on made-up encoder features (the hub pair's width, 64): a log line per epoch
+    with its time, and the TensorBoard run under a readable name with its hparams session."""
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    from penultimate.features import load_encoder
+    from penultimate.train import LabelSpace, fit_classifier
+
+    config = TrainConfig.model_validate(
+        {
+            "epochs": 3,
+            "early_stopping_patience": 0,
+            "hidden": [{"units": 8}],
+            "dropout": [
+                {"at": "pooled", "rate": 0.2, "mask": "batch_shared"},
+                {"at": "head", "rate": 0.5, "columns": [0, 1, 2]},
+            ],
+        }
+    )
+    rows = {"train": 48, "val": 16, "test": 16}
+    splits = [split for split, n in rows.items() for _ in range(n)]
+    labels = ["ham", "spam"] * (len(splits) // 2)
+    data = frame(labels, splits)
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(len(labels), 64)).astype(np.float32)
+    vectors[:, 0] += np.array([label == "spam" for label in labels]) * 3
+    features = {split: vectors[[s == split for s in splits]] for split in rows}
+    pair = EncoderPair(hub_pair)
+    logger = logging.getLogger("test_train")
+    with caplog.at_level(logging.INFO, logger="test_train"):
+        metrics = fit_classifier(
+            config, data, LabelSpace(["ham", "spam"]), pair, load_encoder(pair), tmp_path,
+            features, logger.info,
+        )  # fmt: skip
+    epochs = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    number = r"\d+\.\d{4}"
+    line = rf"epoch (\d)/3: loss {number}, accuracy {number}, val_loss {number}, "
+    line += rf"val_accuracy {number} \((\d+\.\d s|\d+ ms)\)"
+    matches = [re.fullmatch(line, e) for e in epochs]
+    assert len(epochs) == 3 and [m.group(1) for m in matches if m] == ["1", "2", "3"], epochs
+
+    run = metrics["tensorboard_run"]
+    assert re.fullmatch(
+        r"freeze-all_pool-mean_hidden-8_drop-pooled0\.2-batch_shared\+head0\.5-cols3_[0-9a-f]{8}",
+        run,
+    ), run
+    assert [p.name for p in (tmp_path / "tensorboard").iterdir()] == [run]
+    run_dir = tmp_path / "tensorboard" / run
+    assert "epoch_loss" in event_values(run_dir / "train")
+    assert {"epoch_loss", "epoch_accuracy"} <= set(event_values(run_dir / "validation"))
+    summary = event_values(run_dir)
+    assert summary["test/accuracy"].metadata.plugin_data.plugin_name == "scalars"
+    assert tf.make_ndarray(summary["test/accuracy"].tensor) == pytest.approx(
+        metrics["test"]["accuracy"]
+    )
+    session = plugin_data_pb2.HParamsPluginData.FromString(
+        summary["_hparams_/session_start_info"].metadata.plugin_data.content
+    ).session_start_info
+    assert session.group_name == run
+    hparams = {name: value.WhichOneof("kind") for name, value in session.hparams.items()}
+    assert session.hparams["freeze"].string_value == "all"
+    assert session.hparams["pooling"].string_value == "mean"
+    assert session.hparams["dropout_pooled"].number_value == pytest.approx(0.2)
+    assert session.hparams["dropout_head"].number_value == pytest.approx(0.5)
+    assert session.hparams["dropout_sequence"].number_value == 0
+    assert session.hparams["learning_rate"].number_value == pytest.approx(3e-2)
+    assert hparams["dropout"] == "string_value" and hparams["layer"] == "number_value"

@@ -64,10 +64,15 @@ def test_model_artifact_holds_weights_metrics_plots_and_logs(
     }
     assert {"classifier.json", "history.json", "metrics.json", "confusion_matrix.png"} <= files
     assert any(f.startswith("weights/") for f in files)
-    assert any(f.startswith("tensorboard/") for f in files)
-    test = json.loads((plain_model.path / "metrics.json").read_text())["test"]
+    metrics = json.loads((plain_model.path / "metrics.json").read_text())
+    run = metrics["tensorboard_run"]
+    assert run.startswith("freeze-all_pool-mean_drop-head0_")
+    assert any(f.startswith(f"tensorboard/{run}/validation/") for f in files)
+    test = metrics["test"]
     assert 0.5 <= test["accuracy"] <= 1 and 0 <= test["f1"] <= 1 and 0.5 <= test["roc_auc"] <= 1
     assert sum(map(sum, test["confusion_matrix"])) == test["rows"]
+    wrong = test["rows"] - sum(test["confusion_matrix"][i][i] for i in range(2))
+    assert sum(c["count"] for c in test["top_confusions"]) == wrong  # both off-diagonal cells
     assert {"classifier-test-metrics", "classifier-report"} <= prefect_artifact_keys(prefect_api)
 
 

@@ -1,0 +1,85 @@
+"""What the train stage shows people about a classifier: the Prefect `classifier-test-metrics`
+table and `classifier-report` markdown, built from the artifact's metrics with every number
+rounded (scores to 4 decimals, shares as percentages with 1).
+
+Plain Python, no TensorFlow or scikit-learn: the task imports it at module level.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from penultimate.artifacts import ArtifactRef
+from penultimate.ui import file_url, inline_png
+
+SCORES = ("accuracy", "precision", "recall", "f1", "roc_auc")
+# More classes than this make a markdown matrix too wide to read; the PNG and metrics.json
+# hold it at any class count, and the top confusions say where the mistakes are.
+MATRIX_TABLE_CLASSES = 12
+
+
+def score_table(test: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Rows of the `classifier-test-metrics` table: each score rounded to 4 decimals (None where
+    undefined, e.g. ROC-AUC of a test split without every class)."""
+    return [
+        {"metric": name, "value": None if test[name] is None else round(test[name], 4)}
+        for name in SCORES
+    ]
+
+
+def _cell(text: object) -> str:
+    return str(text).replace("|", "\\|")  # a `|` in a class name would end the table cell
+
+
+def _table(header: list[str], rows: list[list[object]]) -> list[str]:
+    return [
+        "| " + " | ".join(_cell(h) for h in header) + " |",
+        "|" + " --- |" * len(header),
+        *("| " + " | ".join(_cell(v) for v in row) + " |" for row in rows),
+    ]
+
+
+def classifier_report_markdown(
+    ref: ArtifactRef, metrics: Mapping[str, Any], store_root: Path
+) -> str:
+    """The `classifier-report`: its files (served over HTTP), test scores, the top confusions,
+    the confusion-matrix plot inline and (up to MATRIX_TABLE_CLASSES classes) its counts."""
+    test = metrics["test"]
+    lines = [f"# Classifier `{ref.key}`", "", f"- files: {file_url(store_root, ref.path)}"]
+    lines.append(f"- epochs run: {metrics['epochs_run']}, test rows: {test['rows']}")
+    if metrics.get("tensorboard_run"):
+        lines.append(
+            f"- TensorBoard run `{metrics['tensorboard_run']}`: "
+            f"`tensorboard --logdir {ref.uri}/tensorboard`"
+        )
+    lines += [f"- {name}: {test[name]:.4f}" for name in SCORES if test[name] is not None]
+    lines += ["", "## Top confusions", ""]
+    confusions = test.get("top_confusions", [])
+    if confusions:
+        lines += _table(
+            ["true", "predicted", "count", "share of true"],
+            [
+                [c["true"], c["predicted"], c["count"], f"{100 * c['share_of_true']:.1f}%"]
+                for c in confusions
+            ],
+        )
+    else:
+        lines.append("None: every test row got its true class.")
+    labels, matrix = test["labels"], test["confusion_matrix"]
+    plot = ref.path / "confusion_matrix.png"
+    if plot.exists():
+        lines += ["", inline_png(plot, "confusion matrix of the test split", store_root)]
+    lines += ["", "## Confusion matrix (test split, counts)", ""]
+    if len(labels) <= MATRIX_TABLE_CLASSES:
+        lines += _table(
+            ["true \\ predicted", *labels],
+            [[name, *row] for name, row in zip(labels, matrix, strict=True)],
+        )
+    else:
+        lines.append(
+            f"{len(labels)} classes: the whole matrix is `test.confusion_matrix` in "
+            "`metrics.json`, and row-normalised in `confusion_matrix.png`."
+        )
+    return "\n".join(lines) + "\n"
