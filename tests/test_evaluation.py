@@ -18,8 +18,10 @@ from penultimate.evaluation import (
     plot_confusion_matrix,
     top_confusions,
 )
+from penultimate.ui import files_url
 
 CLASSIFIER = ArtifactRef(stage="classifier", key="k", uri="/store/classifier/k")
+STORE = Path("/store")
 
 
 def mostly_right(classes: int, rows_per_class: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -68,11 +70,12 @@ def test_report_rounds_every_number_and_lists_the_top_confusions() -> None:
         {"true": "ham", "predicted": "spam", "count": 2, "share_of_true": 0.005},
     ]
     metrics = {"epochs_run": 3, "test": test, "tensorboard_run": "freeze-all_pool-mean_1234abcd"}
-    report = classifier_report_markdown(CLASSIFIER, metrics)
+    report = classifier_report_markdown(CLASSIFIER, metrics, STORE)
     assert "- recall: 0.9801\n" in report and "- accuracy: 0.9900\n" in report
     assert "| spam | ham | 4 | 2.0% |" in report and "| ham | spam | 2 | 0.5% |" in report
     assert "| true \\ predicted | ham | spam |\n| --- | --- | --- |\n| ham | 398 | 2 |" in report
     assert "tensorboard --logdir /store/classifier/k/tensorboard" in report
+    assert f"- files: {files_url()}/classifier/k\n" in report  # served, not file://
     # No number in the report has more than 4 decimals.
     assert not re.search(r"\d\.\d{5}", report), report
     assert score_table(test)[2] == {"metric": "recall", "value": 0.9801}
@@ -82,11 +85,12 @@ def test_report_of_many_classes_points_at_the_matrix_instead_of_printing_it() ->
     names = [f"topic|{i}" for i in range(43)]
     y, probabilities = mostly_right(43, 10)
     test = classification_metrics(y, probabilities, names)
-    report = classifier_report_markdown(CLASSIFIER, {"epochs_run": 1, "test": test})
+    report = classifier_report_markdown(CLASSIFIER, {"epochs_run": 1, "test": test}, STORE)
     assert "43 classes: the whole matrix is `test.confusion_matrix` in `metrics.json`" in report
     rows = [line for line in report.splitlines() if line.startswith("| topic")]
     assert len(rows) == 10 and all(line.count(" | ") == 3 for line in rows)  # `|` escaped
     assert "None: every test row" in classifier_report_markdown(
         CLASSIFIER,
         {"epochs_run": 1, "test": classification_metrics(y, np.eye(43)[y], names)},
+        STORE,
     )
