@@ -152,6 +152,13 @@ def quiet_console_logging() -> Path:
     root.addHandler(handler)
     if verbose():
         return path
+    # Dask sets its loggers' levels from its config when `distributed` is imported, here and in
+    # every worker process (which inherit the environment).
+    os.environ["DASK_LOGGING__DISTRIBUTED"] = "warning"
+    if "dask.config" in sys.modules:
+        import dask.config
+
+        dask.config.set({"logging.distributed": "warning"})
     for name in CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     for console in root.handlers:

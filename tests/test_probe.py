@@ -165,7 +165,13 @@ def test_the_probes_encoder_pass_serves_later_embeddings_and_training(
     from penultimate.ingest import dataset_shard_entries
     from penultimate.shard_features import every_choice_features, read_features
 
-    encoder = next(r for r in store.artifacts("encoder"))
+    # The probe's own encoder (the session's store may hold others, e.g. a seq_length-32 one).
+    embeddings = store.resolve(store.read_manifest(probed[0]).inputs[0])  # type: ignore[union-attr]
+    encoder = next(
+        store.resolve(r)
+        for r in store.read_manifest(embeddings).inputs  # type: ignore[union-attr]
+        if r.stage == "encoder"
+    )
     shard, sha = dataset_shard_entries(store, dataset)[0]
     out = tmp_path / "features"
     out.mkdir()
