@@ -54,9 +54,11 @@ def _show_clusters(ref: ArtifactRef, manifest: Manifest, params: Mapping[str, An
         f"[projector files]({file_url(store_root, ref.path / 'projector')}) · "
         f"[all files]({file_url(store_root, ref.path)})"
     )
+    # The maps right under the headline numbers, before the per-cluster sections.
+    head, _, clusters = (ref.path / "report.md").read_text().partition("\n## ")
     create_markdown_artifact(
         key="cluster-report",
-        markdown="\n\n".join([(ref.path / "report.md").read_text(), links, *maps]),
+        markdown="\n\n".join([head, links, *maps, "## " + clusters]),
         description=f"Cluster report {ref.key}",
     )
 
