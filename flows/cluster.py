@@ -10,17 +10,31 @@ from prefect import flow
 from penultimate.artifacts import ArtifactRef, ArtifactStore, open_artifact
 from penultimate.config import ClusterConfig
 from penultimate.errors import InputError
+from penultimate.stages import EMBEDDINGS_STAGE
 from tasks.cluster import cluster_embeddings
+
+DEFAULT_CLUSTER = ClusterConfig()
 
 
 @flow(name="cluster", log_prints=True)
 def cluster(
-    config: ClusterConfig, embeddings: ArtifactRef | None = None, store_root: str | None = None
+    config: ClusterConfig = DEFAULT_CLUSTER,
+    embeddings: ArtifactRef | None = None,
+    store_root: str | None = None,
 ) -> ArtifactRef:
-    """Cluster `embeddings` (or the artifact folder `config.embeddings` names); cached on both."""
-    if embeddings is None:
-        if config.embeddings is None:
-            raise InputError("cluster: no embeddings; set `embeddings` in the config")
+    """Cluster an embeddings artifact; cached on the embeddings and the config.
+
+    Args:
+        config: How to cluster; `config.embeddings` may name the embeddings artifact folder.
+        embeddings: The embeddings artifact (default: `config.embeddings`, else the newest
+            embeddings artifact of the store).
+        store_root: The artifact store (default: $PENULTIMATE_HOME, else ./artifacts).
+    """
+    store = ArtifactStore(store_root)
+    if embeddings is None and config.embeddings is not None:
         embeddings = open_artifact(config.embeddings, "embeddings")
-    root = str(ArtifactStore(store_root).root)
-    return cluster_embeddings(config=config, embeddings=embeddings, store_root=root)
+    if embeddings is None:
+        embeddings = store.latest(EMBEDDINGS_STAGE)
+        if embeddings is None:
+            raise InputError(f"cluster: no embeddings artifact in {store.root}; run embed first")
+    return cluster_embeddings(config=config, embeddings=embeddings, store_root=str(store.root))

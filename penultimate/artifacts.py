@@ -302,6 +302,11 @@ class ArtifactStore:
         refs = (self.ref(name, child.name) for child in sorted(stage_dir.iterdir()))
         return [r for r in refs if not r.key.startswith(".") and self.read_manifest(r)]
 
+    def latest(self, stage: Stage | str) -> ArtifactRef | None:
+        """The newest valid artifact of a stage (by its manifest's creation time), if any."""
+        manifests = {ref: self.read_manifest(ref) for ref in self.artifacts(stage)}
+        return max(manifests, key=lambda r: manifests[r].created_at, default=None)  # type: ignore[union-attr]
+
 
 def _file_entries(folder: Path) -> list[FileEntry]:
     return [

@@ -130,7 +130,7 @@ class TextClassifier(tf_keras.Model):
         # Assigned once, complete: Keras tracks attribute containers and rejects later mutation.
         self.dropouts = dropouts
         self.hidden_layers = [
-            tf_keras.layers.Dense(h.units, activation=h.activation, name=f"hidden_{i}")
+            tf_keras.layers.Dense(h.units, activation=str(h.activation), name=f"hidden_{i}")
             for i, h in enumerate(config.hidden)
         ]
         self.output_layer = tf_keras.layers.Dense(

@@ -51,8 +51,9 @@ def test_a_row_shows_type_default_bounds_and_description() -> None:
         "`agglomerative` |" in reference
     )
     assert "| `k_range` | tuple[int, int] \\| null | `null` |  |" in reference
-    # `<i>` outside a code span would vanish on GitHub as an HTML tag.
-    assert "hidden:&lt;i>" in reference
+    # Placeholders are code spans (`hidden:i`): a bare `<i>` vanishes as an HTML tag on GitHub
+    # and in the Prefect UI's parameter descriptions.
+    assert "`hidden:i` (after hidden layer i, from 0)" in reference and "<i>" not in reference
 
 
 def test_the_command_rewrites_a_stale_section_and_then_finds_it_up_to_date(

@@ -30,8 +30,8 @@ class DropoutSpec(_Config):
 
     at: str = Field(
         "head",
-        description="sequence (token outputs before pooling) | pooled | hidden:<i> (after hidden "
-        "layer i) | head (right before the output layer)",
+        description="`sequence` (token outputs before pooling) | `pooled` | `hidden:i` (after "
+        "hidden layer i, from 0) | `head` (right before the output layer)",
         pattern=r"^(sequence|pooled|head|hidden:\d+)$",
     )
     rate: float = Field(0.1, ge=0, lt=1, description="Probability of dropping each unit.")
@@ -59,11 +59,17 @@ class DropoutSpec(_Config):
         return self
 
 
+class Activation(StrEnum):
+    relu = "relu"
+    gelu = "gelu"
+    tanh = "tanh"
+    linear = "linear"
+    swish = "swish"
+
+
 class HiddenLayer(_Config):
     units: int = Field(ge=1, le=16384, description="Width of the Dense layer.")
-    activation: str = Field(
-        "relu", pattern=r"^(relu|gelu|tanh|linear|swish)$", description="Its activation function."
-    )
+    activation: Activation = Field(Activation.relu, description="Its activation function.")
 
 
 class ClassWeights(StrEnum):
@@ -95,7 +101,7 @@ class TrainConfig(_Config):
     freeze: str = Field(
         "all",
         pattern=r"^(all|none|top:\d+)$",
-        description="all | none | top:<N> (train only the top N encoder blocks and the pooler)",
+        description="`all` | `none` | `top:N` (train only the top N encoder blocks and the pooler)",
     )
     learning_rate: float = Field(
         3e-2, gt=0, description="AdamW rate for the head (pooled MiniLM features are small-scale)."
