@@ -38,8 +38,10 @@ def _use_prefect_api() -> None:
         from penultimate.prefect_server import start_local_server
 
         os.environ["PREFECT_API_URL"] = start_local_server()
-    # No internet: Prefect's telemetry would log a failed send (it can run in this process too).
+    # No internet: Prefect's telemetry would log a failed send (it can run in this process too),
+    # and each Dask worker importing Prefect would print its usage-data notice.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
     # Only now: importing Prefect reads its settings, PREFECT_API_URL included.
     quiet_console_logging()
 

@@ -21,7 +21,14 @@ VERBOSE_ENV = "PENULTIMATE_VERBOSE"
 LOG_FILE_ENV = "PENULTIMATE_LOG_FILE"
 DEFAULT_LOG_FILE = Path(".cache/logs/penultimate.log")
 # Loggers that say, at INFO, what only someone debugging Dask or TensorFlow wants to read.
-CHATTY_LOGGERS = ("distributed", "tensorflow", "absl", "h5py", "matplotlib")
+CHATTY_LOGGERS = (
+    "distributed",
+    "prefect.task_runner.dask",
+    "tensorflow",
+    "absl",
+    "h5py",
+    "matplotlib",
+)
 
 
 def verbose() -> bool:
