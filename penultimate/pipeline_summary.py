@@ -14,6 +14,13 @@ from penultimate.ui import file_url, inline_png
 
 # The plots the summary shows inline, by pipeline stage.
 SUMMARY_PLOTS = {"train": ["confusion_matrix.png"], "cluster": ["map_by_label.png"]}
+# Each stage's own Prefect report (its newest version is one click away on the artifact's page).
+STAGE_REPORTS = {
+    "ingest": "dataset-summary",
+    "train": "classifier-report",
+    "embed": "embed-progress",
+    "cluster": "cluster-report",
+}
 
 
 class StageRun(BaseModel):
@@ -82,8 +89,8 @@ def pipeline_markdown(run: PipelineRun, store: ArtifactStore, ui_url: str) -> st
     lines = [
         "# Pipeline run",
         "",
-        "| stage | artifact | this run | headline |",
-        "| --- | --- | --- | --- |",
+        "| stage | files | report | this run | headline |",
+        "| --- | --- | --- | --- | --- |",
     ]
     plots: list[str] = []
     for stage, stage_run in run.stages.items():
@@ -91,7 +98,10 @@ def pipeline_markdown(run: PipelineRun, store: ArtifactStore, ui_url: str) -> st
         manifest = store.read_manifest(ref)
         metrics = manifest.metrics if manifest else {}
         link = f"[`{ref.key[:12]}`]({file_url(store.root, ref.path)})"
-        lines.append(f"| {stage} | {link} | {_how(stage_run)} | {headline(ref.stage, metrics)} |")
+        report = STAGE_REPORTS.get(stage)
+        shown = f"[{report}]({ui_url}/artifacts/key/{report})" if report and ui_url else ""
+        numbers = headline(ref.stage, metrics)
+        lines.append(f"| {stage} | {link} | {shown} | {_how(stage_run)} | {numbers} |")
         plots += [
             inline_png(ref.path / name, f"{stage}: {name}", store.root)
             for name in SUMMARY_PLOTS.get(stage, [])
@@ -107,8 +117,6 @@ def pipeline_markdown(run: PipelineRun, store: ArtifactStore, ui_url: str) -> st
             if (folder / name).exists()
         ]
     lines += ["", *plots]
-    if ui_url:
-        lines += ["", f"Each stage's own report is on its flow run in the [Prefect UI]({ui_url})."]
     lines += ["", f"Files are served by `penultimate serve` (store `{store.root}`)."]
     return "\n".join(lines) + "\n"
 

@@ -378,3 +378,35 @@ def test_a_43_class_map_stays_readable(tmp_path: Path) -> None:
     for name in ("map_by_cluster.png", "map_by_label.png"):
         width, height = Image.open(out / name).size
         assert width <= 1200 and height <= 800, (name, width, height)
+
+
+def test_the_pipeline_summary_shows_plots_inline_and_links_over_http(tmp_path: Path) -> None:
+    from penultimate.artifacts import ArtifactStore
+    from penultimate.pipeline_summary import PipelineRun, StageRun, pipeline_markdown, pipeline_text
+    from penultimate.stages import CLUSTERS_STAGE
+    from penultimate.ui import files_url
+
+    embeddings = embeddings_artifact(tmp_path / "store", topic_shards(30, 2))
+    store = ArtifactStore(tmp_path / "store")
+    config = ClusterConfig(k=3)
+    clusters = store.publish(
+        CLUSTERS_STAGE,
+        config.model_dump(mode="json"),
+        lambda out: write_cluster_artifact(EmbeddingShards.open(embeddings), config, out),
+        [embeddings],
+    ).ref
+    run = PipelineRun(
+        stages={
+            "embed": StageRun(artifact=embeddings, computed=False, seconds=0.4),
+            "cluster": StageRun(artifact=clusters, computed=True, seconds=1.5),
+        }
+    )
+    markdown = pipeline_markdown(run, store, "http://ui.example")
+    assert "![cluster: map_by_label.png](data:image/png;base64," in markdown
+    assert f"({files_url()}/clusters/{clusters.key}/map.html)" in markdown
+    assert "[cluster-report](http://ui.example/artifacts/key/cluster-report)" in markdown
+    assert "| cached in 0.4 s |" in markdown and "| computed in 1.5 s |" in markdown
+    assert "file://" not in markdown
+    text = pipeline_text(run, store)
+    assert text.splitlines()[1].startswith("cluster  computed in 1.5 s") and "3 clusters" in text
+    assert "data:image" not in text
