@@ -26,12 +26,12 @@ from sklearn.metrics import (
 from sklearn.neighbors import NearestNeighbors
 
 from penultimate.artifacts import ArtifactRef, ArtifactStore
+from penultimate.cluster_summary import NOISE
 from penultimate.config import ClusterAlgorithm, ClusterConfig, Projection
 from penultimate.embeddings import SHARD_FILE, read_embeddings
 from penultimate.errors import InputError
 from penultimate.stages import EMBEDDING_SHARD_STAGE
 
-NOISE = -1  # hdbscan's label for points in no cluster
 # Exact agglomerative and hdbscan need memory quadratic in the points they fit on.
 QUADRATIC_FIT_CAP = 10_000
 # Points drawn for the maps and the interactive HTML (the Parquet assignments hold every point).

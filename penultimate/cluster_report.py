@@ -30,14 +30,11 @@ from penultimate.cluster import (
     quality_metrics,
     texts_of,
 )
+from penultimate.cluster_summary import cluster_name
 from penultimate.config import ClusterConfig
 from penultimate.stages import ASSIGNMENTS_DIR
 
 _SNIPPET = 160
-
-
-def cluster_name(cluster: int) -> str:
-    return "noise" if cluster == NOISE else f"cluster {cluster}"
 
 
 # Removed before counting: a URL or an e-mail address splits into words (`http`, `www`, `com`,
@@ -342,20 +339,6 @@ def write_projector(
         'embeddings {\n  tensor_name: "embeddings"\n  tensor_path: "tensors.tsv"\n'
         '  metadata_path: "metadata.tsv"\n}\n'
     )
-
-
-def summary_table(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Rows of the Prefect cluster-summary table, from a cluster artifact's metrics.json."""
-    mixes, terms = metrics.get("label_mix", {}), metrics.get("terms", {})
-    return [
-        {
-            "cluster": cluster_name(int(key)),
-            "size": size,
-            "top terms": ", ".join(terms.get(key, [])[:5]),
-            "label mix": ", ".join(f"{k} {v}" for k, v in mixes.get(key, {}).items()),
-        }
-        for key, size in metrics["sizes"].items()
-    ]
 
 
 def write_cluster_artifact(

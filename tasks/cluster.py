@@ -13,6 +13,7 @@ from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from penultimate.artifacts import ArtifactRef, Manifest
+from penultimate.cluster_summary import summary_table
 from penultimate.config import ClusterConfig
 from penultimate.stages import CLUSTERS_STAGE
 from penultimate.ui import file_url, inline_png
@@ -29,8 +30,6 @@ def cluster_identity(params: Mapping[str, Any]) -> tuple[dict[str, Any], list[Ar
 
 
 def _show_clusters(ref: ArtifactRef, manifest: Manifest, params: Mapping[str, Any]) -> None:
-    from penultimate.cluster_report import summary_table
-
     metrics = manifest.metrics
     get_run_logger().info(
         "%d points in %d clusters; %s",
