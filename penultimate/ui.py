@@ -40,6 +40,11 @@ def inline_png(path: Path, alt: str, store_root: Path) -> str:
     return f"![{alt}](data:image/png;base64,{base64.b64encode(data).decode('ascii')})"
 
 
+def inline_pngs(folder: Path, names: Sequence[str], store_root: Path) -> list[str]:
+    """`inline_png` of each of `names` that `folder` holds, alt text the file name."""
+    return [inline_png(folder / n, n, store_root) for n in names if (folder / n).exists()]
+
+
 def rounded(value: Any, digits: int = 4) -> Any:
     """Floats rounded to `digits` significant decimals, inside lists and dicts too."""
     if isinstance(value, float):

@@ -16,7 +16,7 @@ from penultimate.artifacts import ArtifactRef, Manifest
 from penultimate.cluster_summary import summary_table
 from penultimate.config import ClusterConfig
 from penultimate.stages import CLUSTERS_STAGE
-from penultimate.ui import file_url, inline_png
+from penultimate.ui import file_url, inline_pngs
 from tasks.caching import artifact_task
 
 # The library modules that load TensorFlow (or scikit-learn) are imported inside the task bodies:
@@ -43,11 +43,7 @@ def _show_clusters(ref: ArtifactRef, manifest: Manifest, params: Mapping[str, An
         description=f"Clusters of embeddings {params['embeddings'].key} ({ref.key})",
     )
     store_root = Path(params["store_root"])
-    maps = [
-        inline_png(ref.path / name, name, store_root)
-        for name in ("map_by_label.png", "map_by_cluster.png")
-        if (ref.path / name).exists()
-    ]
+    maps = inline_pngs(ref.path, ["map_by_label.png", "map_by_cluster.png"], store_root)
     links = (
         f"[interactive map]({file_url(store_root, ref.path / 'map.html')}) · "
         f"[projector files]({file_url(store_root, ref.path / 'projector')}) · "

@@ -15,7 +15,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from penultimate.artifacts import ArtifactRef, ArtifactStore, Manifest
 from penultimate.config import ProbeConfig
 from penultimate.stages import PROBE_STAGE
-from penultimate.ui import inline_png, rounded
+from penultimate.ui import inline_pngs, rounded
 from tasks.caching import artifact_task
 
 # The library modules that load TensorFlow (or scikit-learn) are imported inside the task bodies:
@@ -44,11 +44,7 @@ def _show_probe(ref: ArtifactRef, manifest: Manifest, params: Mapping[str, Any])
         description=f"Probe scores per layer x pooling ({ref.key})",
     )
     store_root = Path(params["store_root"])
-    plots = [
-        inline_png(ref.path / name, name, store_root)
-        for name in ("heatmap.png", "by_layer.png")
-        if (ref.path / name).exists()
-    ]
+    plots = inline_pngs(ref.path, ["heatmap.png", "by_layer.png"], store_root)
     create_markdown_artifact(
         key="probe-report",
         markdown="\n\n".join([(ref.path / "report.md").read_text(), *plots]),
