@@ -249,7 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
         "cluster", help="embeddings artifact -> clusters, metrics, report, maps, projector files"
     )
     cluster.add_argument("--config", required=True, help="YAML file with ClusterConfig fields")
-    cluster.add_argument("--embeddings", help="embeddings artifact folder (embed's URI)")
+    cluster.add_argument(
+        "--embeddings",
+        help="embeddings artifact folder (embed's URI; default: the config's `embeddings`, else "
+        "the store's newest embeddings artifact)",
+    )
     cluster.set_defaults(run=_cmd_cluster)
 
     pipeline = sub.add_parser(

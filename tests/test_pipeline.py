@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import prefect_artifact_keys, task_state_counts
+from conftest import prefect_api_call, prefect_artifact_keys, task_state_counts
 from flows.pipeline import pipeline
 from penultimate.artifacts import ArtifactStore
 from penultimate.config import PipelineConfig
@@ -76,8 +76,9 @@ def check_reruns(corpus_slice: Path, store: str, prefect_api: str, address: str)
     metrics = json.loads((result.artifact("cluster").path / "metrics.json").read_text())
     # The classifier's penultimate features separate spam from ham (issue 5's quality bar).
     assert metrics["ari"] >= 0.8, metrics
-    assert "pipeline-summary" in prefect_artifact_keys(prefect_api)
+    assert {"pipeline-summary", "pipeline-progress"} <= prefect_artifact_keys(prefect_api)
     assert {"cluster-summary", "cluster-report"} <= prefect_artifact_keys(prefect_api)
+    reports_before = artifact_versions(prefect_api, "cluster-report")
 
     # Every embedding shard is complete on a rerun, so the embed stage starts no cluster and
     # runs no shard task, and the classifier is complete, so no features task runs; every other
@@ -86,6 +87,8 @@ def check_reruns(corpus_slice: Path, store: str, prefect_api: str, address: str)
     _, again = run(config, store)
     assert "embed-shard" not in again and "encode-features" not in again
     assert {name: again[name] for name in cached} == {name: {"Cached"} for name in cached}
+    # A cached stage still shows its results: the rerun published the cluster report again.
+    assert artifact_versions(prefect_api, "cluster-report") == reports_before + 1
 
     new_k = config.model_copy(update={"cluster": config.cluster.model_copy(update={"k": 3})})
     _, cluster_only = run(new_k, store)
@@ -116,3 +119,9 @@ def encoder_passes(store: str) -> dict[str, int]:
         )
         for stage in ("features", "embedding-shard")
     }
+
+
+def artifact_versions(api_url: str, key: str) -> int:
+    """How many times the server holds an artifact of `key` (one per publication)."""
+    body = {"artifacts": {"key": {"any_": [key]}}, "limit": 200}
+    return len(prefect_api_call(api_url, "POST", "/artifacts/filter", body))

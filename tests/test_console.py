@@ -1,0 +1,65 @@
+"""What the terminal shows: TensorFlow's native start-up lines silenced unless verbose, a failure as
+one `error:` line with its traceback in the log file, and console records without tracebacks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from penultimate.console import VERBOSE_ENV, _OneLineFormatter
+
+IMPORT_AND_RUN_TF = "import penultimate, tensorflow as tf; print(int(tf.constant(1) + 1))"
+
+
+def run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if k not in (VERBOSE_ENV, "TF_CPP_MIN_LOG_LEVEL")}
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={**clean, **env}
+    )
+
+
+def test_tensorflow_starts_silently_unless_verbose() -> None:
+    quiet = run_python(IMPORT_AND_RUN_TF)
+    assert quiet.returncode == 0 and quiet.stdout.strip() == "2"
+    assert quiet.stderr.strip() == "", quiet.stderr
+    # The same import, verbose: TensorFlow's own lines come back (so the quiet run is no accident).
+    loud = run_python(IMPORT_AND_RUN_TF, **{VERBOSE_ENV: "1"})
+    assert loud.returncode == 0 and "oneDNN" in loud.stderr
+
+
+def test_a_failure_is_one_error_line_with_the_traceback_in_the_log_file(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        log = tmp_path / "run.log"
+        result = subprocess.run(
+            [sys.executable, "-m", "penultimate.cli", "--store", str(tmp_path), "serve",
+             "--port", str(port)],
+            capture_output=True, text=True, env={**os.environ, "PENULTIMATE_LOG_FILE": str(log)},
+            timeout=60,
+        )  # fmt: skip
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(log) in lines[0]
+    assert "Traceback (most recent call last)" in log.read_text()
+    assert "penultimate serve failed" in log.read_text()
+
+
+def test_console_records_lose_their_traceback_and_other_handlers_keep_it() -> None:
+    try:
+        raise ValueError("shard 3 is damaged\nsecond line")
+    except ValueError:
+        record = logging.LogRecord(
+            "prefect.task_runs", logging.ERROR, __file__, 1, "task failed: %s", ("x",),
+            sys.exc_info(),
+        )  # fmt: skip
+    console = _OneLineFormatter(logging.Formatter("%(levelname)s %(message)s")).format(record)
+    assert console.startswith("ERROR task failed: x (details: ") and "\n" not in console
+    full = logging.Formatter("%(message)s").format(record)
+    assert "Traceback" in full and "shard 3 is damaged" in full
