@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from penultimate.artifacts import ArtifactRef
-from penultimate.ui import file_url, inline_png
+from penultimate.ui import file_url, inline_png, markdown_table
 
 SCORES = ("accuracy", "precision", "recall", "f1", "roc_auc")
 # More classes than this make a markdown matrix too wide to read; the PNG and metrics.json
@@ -26,18 +26,6 @@ def score_table(test: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [
         {"metric": name, "value": None if test[name] is None else round(test[name], 4)}
         for name in SCORES
-    ]
-
-
-def _cell(text: object) -> str:
-    return str(text).replace("|", "\\|")  # a `|` in a class name would end the table cell
-
-
-def _table(header: list[str], rows: list[list[object]]) -> list[str]:
-    return [
-        "| " + " | ".join(_cell(h) for h in header) + " |",
-        "|" + " --- |" * len(header),
-        *("| " + " | ".join(_cell(v) for v in row) + " |" for row in rows),
     ]
 
 
@@ -58,7 +46,7 @@ def classifier_report_markdown(
     lines += ["", "## Top confusions", ""]
     confusions = test.get("top_confusions", [])
     if confusions:
-        lines += _table(
+        lines += markdown_table(
             ["true", "predicted", "count", "share of true"],
             [
                 [c["true"], c["predicted"], c["count"], f"{100 * c['share_of_true']:.1f}%"]
@@ -73,7 +61,7 @@ def classifier_report_markdown(
         lines += ["", inline_png(plot, "confusion matrix of the test split", store_root)]
     lines += ["", "## Confusion matrix (test split, counts)", ""]
     if len(labels) <= MATRIX_TABLE_CLASSES:
-        lines += _table(
+        lines += markdown_table(
             ["true \\ predicted", *labels],
             [[name, *row] for name, row in zip(labels, matrix, strict=True)],
         )

@@ -56,15 +56,17 @@ def rounded(value: Any, digits: int = 4) -> Any:
     return value
 
 
-def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """A markdown table of `rows` (the first row's keys are the columns), floats rounded."""
-    if not rows:
-        return ""
-    columns = list(rows[0])
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows:
-        lines.append("| " + " | ".join(str(rounded(row.get(c, ""))) for c in columns) + " |")
-    return "\n".join(lines) + "\n"
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    """The lines of a markdown table, floats rounded and `|` in a cell escaped (it would end it)."""
+
+    def cell(value: Any) -> str:
+        return str(rounded(value)).replace("|", "\\|")
+
+    return [
+        "| " + " | ".join(cell(h) for h in header) + " |",
+        "|" + " --- |" * len(header),
+        *("| " + " | ".join(cell(v) for v in row) + " |" for row in rows),
+    ]
 
 
 def serve_store(store_root: Path, host: str = "127.0.0.1", port: int = SERVE_PORT) -> None:

@@ -43,13 +43,11 @@ def _show_dataset(ref: ArtifactRef, manifest: Manifest, params: Mapping[str, Any
     counts = metrics.get("label_counts_per_split")
     if counts:
         labels = sorted({label for per_split in counts.values() for label in per_split})
-        rows = [
-            {"label": label, **{split: counts[split].get(label, 0) for split in counts}}
-            for label in labels
-        ]
-        lines.append(markdown_table([*rows, {"label": "**all**", **splits}]))
+        rows = [[label, *(counts[split].get(label, 0) for split in counts)] for label in labels]
+        all_rows = ["**all**", *(splits.get(split, 0) for split in counts)]
+        lines += markdown_table(["label", *counts], [*rows, all_rows])
     else:
-        lines.append(markdown_table([{"split": split, "rows": n} for split, n in splits.items()]))
+        lines += markdown_table(["split", "rows"], list(splits.items()))
     create_markdown_artifact(
         key="dataset-summary",
         markdown="\n".join(lines),
