@@ -96,10 +96,11 @@ def check_reruns(corpus_slice: Path, store: str, prefect_api: str, address: str)
     assert "embed-shard" not in cluster_only and "encode-features" not in cluster_only
     assert all(cluster_only[name] == {"Cached"} for name in cached - {"cluster-embeddings"})
 
-    dropout = config.model_copy(
-        update={"train": config.train.model_copy(update={"dropout": [{"at": "head", "rate": 0.3}]})}
+    head_dropout = {"dropout": [{"at": "head", "rate": 0.3}]}
+    dropout = PipelineConfig.model_validate(
+        config.model_dump() | {"train": config.train.model_dump() | head_dropout}
     )
-    _, retrained = run(PipelineConfig.model_validate(dropout.model_dump()), store)
+    _, retrained = run(dropout, store)
     for name in ("train-classifier", "export-classifier", "embed-shard", "collect-embeddings",
                  "cluster-embeddings"):  # fmt: skip
         assert retrained[name] == {"Completed"}, name
