@@ -7,9 +7,8 @@ from __future__ import annotations
 
 from prefect import flow
 
-from penultimate.artifacts import ArtifactRef, ArtifactStore, open_artifact
+from penultimate.artifacts import ArtifactRef, ArtifactStore
 from penultimate.config import ClusterConfig
-from penultimate.errors import InputError
 from penultimate.stages import EMBEDDINGS_STAGE
 from tasks.cluster import cluster_embeddings
 
@@ -32,9 +31,6 @@ def cluster(
     """
     store = ArtifactStore(store_root)
     if embeddings is None and config.embeddings is not None:
-        embeddings = open_artifact(config.embeddings, "embeddings")
-    if embeddings is None:
-        embeddings = store.latest(EMBEDDINGS_STAGE)
-        if embeddings is None:
-            raise InputError(f"cluster: no embeddings artifact in {store.root}; run embed first")
+        embeddings = ArtifactRef.model_validate(config.embeddings)
+    embeddings = store.input_artifact(embeddings, EMBEDDINGS_STAGE, made_by="embed")
     return cluster_embeddings(config=config, embeddings=embeddings, store_root=str(store.root))

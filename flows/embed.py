@@ -13,6 +13,7 @@ from penultimate.config import EmbedConfig
 from penultimate.console import progress_bar
 from penultimate.encoders.pair import encoder_layers
 from penultimate.ingest import dataset_shard_entries
+from penultimate.stages import DATASET_STAGE
 from tasks.embed import collect_embeddings, embed_shard
 from tasks.encoder import build_encoder
 
@@ -59,12 +60,27 @@ def embed_shards(
     )
 
 
+DEFAULT_EMBED = EmbedConfig()
+
+
 @flow(name="embed", log_prints=True)
-def embed(config: EmbedConfig, dataset: ArtifactRef, store_root: str | None = None) -> ArtifactRef:
+def embed(
+    config: EmbedConfig = DEFAULT_EMBED,
+    dataset: ArtifactRef | None = None,
+    store_root: str | None = None,
+) -> ArtifactRef:
     """Embed a dataset on the Dask cluster `config.runner` names (a subflow on that runner),
     after checking the embedding choice against the model; no cluster starts when every shard's
-    artifact is already complete."""
+    artifact is already complete.
+
+    Args:
+        config: Which model, layer and pooling, and the Dask cluster (default: the built-in
+            encoder's mean-pooled last layer on a local cluster).
+        dataset: The dataset artifact folder (default: the store's newest dataset).
+        store_root: The artifact store (default: $PENULTIMATE_HOME, else ./artifacts).
+    """
     store = ArtifactStore(store_root)
+    dataset = store.input_artifact(dataset, DATASET_STAGE, made_by="ingest")
     model = (
         open_artifact(config.export, "export")
         if config.export

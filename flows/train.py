@@ -1,6 +1,6 @@
 """The train flow: dataset artifact -> trained classifier artifact (weights, metrics, plots).
 
-Run with `penultimate train --config FILE --dataset URI` or as the `train` deployment.
+Run with `penultimate train [--config FILE] [--dataset URI]` or as the `train` deployment.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from prefect import flow
 from penultimate.artifacts import ArtifactRef, ArtifactStore
 from penultimate.config import TrainConfig
 from penultimate.ingest import dataset_shard_entries
+from penultimate.stages import DATASET_STAGE
 from tasks.encoder import build_encoder
 from tasks.train import (
     check_training_inputs,
@@ -18,12 +19,26 @@ from tasks.train import (
     training_feature_names,
 )
 
+DEFAULT_TRAIN = TrainConfig()
+
 
 @flow(name="train", log_prints=True)
-def train(config: TrainConfig, dataset: ArtifactRef, store_root: str | None = None) -> ArtifactRef:
+def train(
+    config: TrainConfig = DEFAULT_TRAIN,
+    dataset: ArtifactRef | None = None,
+    store_root: str | None = None,
+) -> ArtifactRef:
     """Build or import the encoder (cached), check inputs, reuse or cache per-shard features if
-    the encoder is frozen, train and evaluate."""
-    root = str(ArtifactStore(store_root).root)
+    the encoder is frozen, train and evaluate.
+
+    Args:
+        config: The classifier and how it trains (default: every field's default).
+        dataset: The dataset artifact folder (default: the store's newest dataset).
+        store_root: The artifact store (default: $PENULTIMATE_HOME, else ./artifacts).
+    """
+    store = ArtifactStore(store_root)
+    root = str(store.root)
+    dataset = store.input_artifact(dataset, DATASET_STAGE, made_by="ingest")
     encoder = build_encoder(config=config.encoder, store_root=root)
     labels = check_training_inputs(config=config, dataset=dataset, encoder=encoder)
     params = {"config": config, "dataset": dataset, "encoder": encoder, "store_root": root}

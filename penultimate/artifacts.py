@@ -18,7 +18,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, GetJsonSchemaHandler, ValidationError, model_validator
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from penultimate import __version__
 
@@ -32,13 +34,35 @@ _ABANDONED_AFTER_S = 6 * 3600
 
 
 class ArtifactRef(BaseModel):
-    """What a task returns: small, JSON-serialisable, enough to find and verify the artifact."""
+    """What a task returns: small, JSON-serialisable, enough to find and verify the artifact.
+
+    It also validates from one string, the artifact's folder (`artifacts/dataset/<key>`), which is
+    how a deployment form or a config file names an input: its JSON schema is that string.
+    """
 
     model_config = ConfigDict(frozen=True)
 
     stage: str
     key: str
     uri: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_folder(cls, value: Any) -> Any:
+        if isinstance(value, str | Path):
+            path = Path(value).expanduser().resolve()
+            return {"stage": path.parent.name, "key": path.name, "uri": str(path)}
+        return value
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        return {
+            "type": "string",
+            "title": "Artifact folder",
+            "description": "An artifact folder, e.g. artifacts/dataset/<key> (`penultimate ls`).",
+        }
 
     @property
     def path(self) -> Path:
@@ -170,6 +194,12 @@ class ArtifactStore:
     def resolve(self, stored: StoredRef) -> ArtifactRef:
         """The ref of an artifact a manifest names (an input), in this store."""
         return self.ref(stored.stage, stored.key)
+
+    def input_of(self, ref: ArtifactRef, stage: Stage) -> ArtifactRef | None:
+        """The `stage` input that `ref`'s manifest records, if any, in this store."""
+        manifest = self.read_manifest(ref)
+        inputs = manifest.inputs if manifest else []
+        return next((self.resolve(i) for i in inputs if i.stage == stage.name), None)
 
     def relative(self, path: Path) -> str:
         """`path` relative to the store root, as manifests record files of other artifacts (a file
@@ -306,6 +336,18 @@ class ArtifactStore:
         """The newest valid artifact of a stage (by its manifest's creation time), if any."""
         manifests = {ref: self.read_manifest(ref) for ref in self.artifacts(stage)}
         return max(manifests, key=lambda r: manifests[r].created_at, default=None)  # type: ignore[union-attr]
+
+    def input_artifact(self, ref: ArtifactRef | None, stage: Stage, made_by: str) -> ArtifactRef:
+        """`ref`, checked to be a complete `stage` artifact; when None, the store's newest one
+        (`made_by` names the command that makes one, for the error when there is none)."""
+        from penultimate.errors import InputError
+
+        if ref is not None:
+            return open_artifact(ref.uri, stage.name)
+        newest = self.latest(stage)
+        if newest is None:
+            raise InputError(f"no {stage.name} artifact in {self.root}: run {made_by} first")
+        return newest
 
 
 def _file_entries(folder: Path) -> list[FileEntry]:

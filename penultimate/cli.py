@@ -12,7 +12,7 @@ import traceback
 from pathlib import Path
 
 import penultimate
-from penultimate.artifacts import HOME_ENV, ArtifactStore
+from penultimate.artifacts import HOME_ENV, ArtifactRef, ArtifactStore
 from penultimate.config import (
     ClusterConfig,
     EmbedConfig,
@@ -29,6 +29,7 @@ from penultimate.errors import InputError
 from penultimate.ui import FILES_URL_ENV, SERVE_PORT
 
 DEMO_CACHE = Path(".cache/demo")
+NEWEST = "default: the store's newest"
 
 
 def _use_prefect_api() -> None:
@@ -62,11 +63,16 @@ def _cmd_build_encoder(args: argparse.Namespace) -> str:
     return build_encoder_flow(config=config, store_root=args.store).uri
 
 
-def _cmd_train(args: argparse.Namespace) -> str:
+def _named_artifact(uri: str | None, stage: str) -> ArtifactRef | None:
+    """The artifact a flag names, checked before anything starts; None leaves the flow's default."""
     from penultimate.artifacts import open_artifact
 
-    config = load_config(TrainConfig, args.config)
-    dataset = open_artifact(args.dataset, "dataset")
+    return open_artifact(uri, stage) if uri else None
+
+
+def _cmd_train(args: argparse.Namespace) -> str:
+    config = load_config(TrainConfig, args.config) if args.config else TrainConfig()
+    dataset = _named_artifact(args.dataset, "dataset")
     _use_prefect_api()
     from flows.train import train
 
@@ -74,11 +80,9 @@ def _cmd_train(args: argparse.Namespace) -> str:
 
 
 def _cmd_export(args: argparse.Namespace) -> str:
-    from penultimate.artifacts import open_artifact
-
     config = load_config(ExportConfig, args.config) if args.config else ExportConfig()
-    classifier = open_artifact(args.classifier, "classifier")
-    dataset = open_artifact(args.dataset, "dataset")
+    classifier = _named_artifact(args.classifier, "classifier")
+    dataset = _named_artifact(args.dataset, "dataset")
     _use_prefect_api()
     from flows.export import export
 
@@ -86,10 +90,8 @@ def _cmd_export(args: argparse.Namespace) -> str:
 
 
 def _cmd_embed(args: argparse.Namespace) -> str:
-    from penultimate.artifacts import open_artifact
-
     config = load_config(EmbedConfig, args.config) if args.config else EmbedConfig()
-    dataset = open_artifact(args.dataset, "dataset")
+    dataset = _named_artifact(args.dataset, "dataset")
     _use_prefect_api()
     from flows.embed import embed
 
@@ -97,10 +99,8 @@ def _cmd_embed(args: argparse.Namespace) -> str:
 
 
 def _cmd_cluster(args: argparse.Namespace) -> str:
-    from penultimate.artifacts import open_artifact
-
-    config = load_config(ClusterConfig, args.config)
-    embeddings = open_artifact(args.embeddings, "embeddings") if args.embeddings else None
+    config = load_config(ClusterConfig, args.config) if args.config else ClusterConfig()
+    embeddings = _named_artifact(args.embeddings, "embeddings")
     _use_prefect_api()
     from flows.cluster import cluster
 
@@ -226,29 +226,32 @@ def build_parser() -> argparse.ArgumentParser:
     encoder.set_defaults(run=_cmd_build_encoder)
 
     train = sub.add_parser("train", help="dataset artifact -> trained classifier artifact")
-    train.add_argument("--config", required=True, help="YAML file with TrainConfig fields")
-    train.add_argument("--dataset", required=True, help="dataset artifact folder (ingest's URI)")
+    train.add_argument("--config", help="YAML file with TrainConfig fields (default: defaults)")
+    train.add_argument("--dataset", help=f"dataset artifact folder (ingest's URI; {NEWEST})")
     train.set_defaults(run=_cmd_train)
 
     export = sub.add_parser("export", help="classifier artifact -> verified SavedModel artifact")
+    export.add_argument("--classifier", help=f"classifier artifact folder (train's URI; {NEWEST})")
     export.add_argument(
-        "--classifier", required=True, help="classifier artifact folder (train's URI)"
+        "--dataset",
+        help="dataset artifact of the held-out check texts (default: the classifier's dataset)",
     )
-    export.add_argument("--dataset", required=True, help="dataset artifact (held-out check texts)")
     export.add_argument("--config", help="YAML file with ExportConfig fields")
     export.set_defaults(run=_cmd_export)
 
     embed = sub.add_parser(
         "embed", help="dataset artifact -> embeddings artifact (one task per shard, on Dask)"
     )
-    embed.add_argument("--dataset", required=True, help="dataset artifact folder (ingest's URI)")
+    embed.add_argument("--dataset", help=f"dataset artifact folder (ingest's URI; {NEWEST})")
     embed.add_argument("--config", help="YAML file with EmbedConfig fields (default: encoder mean)")
     embed.set_defaults(run=_cmd_embed)
 
     cluster = sub.add_parser(
         "cluster", help="embeddings artifact -> clusters, metrics, report, maps, projector files"
     )
-    cluster.add_argument("--config", required=True, help="YAML file with ClusterConfig fields")
+    cluster.add_argument(
+        "--config", help="YAML file with ClusterConfig fields (default: k-means, k = 2)"
+    )
     cluster.add_argument(
         "--embeddings",
         help="embeddings artifact folder (embed's URI; default: the config's `embeddings`, else "

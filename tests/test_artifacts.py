@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from penultimate.artifacts import ArtifactRef, ArtifactStore, Stage, artifact_key
+from penultimate.errors import InputError
 
 STAGE = Stage("demo", "1")
 
@@ -42,6 +43,25 @@ def test_publish_writes_manifest_with_checksums(tmp_path: Path) -> None:
     assert {f.path: f.size for f in manifest.files} == {"a.txt": 5, "sub/b.bin": 100}
     assert store.artifacts(STAGE) == [ref]
     assert not [p for p in (tmp_path / "demo").iterdir() if p.name.startswith(".")]
+
+
+def test_an_input_is_named_by_its_folder_or_defaults_to_the_newest(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path)
+    with pytest.raises(InputError, match=f"no demo artifact in {tmp_path}: run make-demo first"):
+        store.input_artifact(None, STAGE, made_by="make-demo")
+    older = store.publish(STAGE, {"n": 1}, write_two_files).ref
+    newer = store.publish(STAGE, {"n": 2}, write_two_files).ref
+    assert store.input_artifact(None, STAGE, made_by="make-demo") == newer
+    # A deployment form or a config file names an artifact by its folder, as one string.
+    assert ArtifactRef.model_validate(str(older.path)) == older
+    assert ArtifactRef.model_json_schema()["type"] == "string"
+    assert store.input_artifact(ArtifactRef.model_validate(str(older.path)), STAGE, "x") == older
+    (older.path / "manifest.json").unlink()
+    with pytest.raises(InputError, match="not a complete artifact"):
+        store.input_artifact(older, STAGE, made_by="make-demo")
+    with pytest.raises(InputError, match="a 'demo' artifact folder, expected a 'dataset' one"):
+        store.input_artifact(newer, Stage("dataset", "1"), made_by="ingest")
+    assert store.input_of(newer, Stage("dataset", "1")) is None
 
 
 @pytest.mark.parametrize("damage", ["delete_file", "edit_file", "delete_manifest", "bad_manifest"])

@@ -84,7 +84,38 @@ def test_parameters_are_validated_forms_with_enums_and_bounds(
     rate = definitions["DropoutSpec"]["properties"]["rate"]
     assert (rate["minimum"], rate["exclusiveMaximum"]) == (0, 1)
     assert rate["description"] == DropoutSpec.model_fields["rate"].description
-    assert definitions["DropoutSpec"]["properties"]["at"]["pattern"].startswith("^(sequence")
+    # A placement or freeze is a choice from a list, or a text box for `hidden:i` / `top:N`.
+    at = definitions["DropoutSpec"]["properties"]["at"]["anyOf"]
+    assert (set(at[0]["enum"]), at[1]["pattern"]) == (
+        {"head", "pooled", "sequence"},
+        r"^hidden:\d+$",
+    )
+    freeze = definitions["TrainConfig"]["properties"]["freeze"]["anyOf"]
+    assert (freeze[0]["enum"], freeze[1]["title"]) == (["all", "none"], "top:N")
+
+
+def test_every_quick_run_is_accepted_and_artifact_inputs_are_one_text_box(
+    process_pool_deployments: ProcessPoolDeployments,
+) -> None:
+    declared = _project_deployments(REPO / "prefect.yaml")
+    for name, deployment_id in process_pool_deployments.deployment_ids.items():
+        schema = _deployment(process_pool_deployments.api_url, deployment_id)[
+            "parameter_openapi_schema"
+        ]
+        # Quick run sends the deployment's own parameters: they must cover every required one.
+        assert set(schema.get("required", [])) <= set(declared[name].get("parameters", {})), name
+    inputs = {"train": ["dataset"], "export": ["classifier", "dataset"], "embed": ["dataset"],
+              "cluster": ["embeddings"]}  # fmt: skip
+    for name, parameters in inputs.items():
+        deployment_id = process_pool_deployments.deployment_ids[name]
+        deployment = _deployment(process_pool_deployments.api_url, deployment_id)
+        schema = deployment["parameter_openapi_schema"]
+        for parameter in parameters:
+            artifact, none = schema["properties"][parameter]["anyOf"]
+            definition = schema["definitions"][artifact["$ref"].rsplit("/", 1)[-1]]
+            assert (definition["type"], none["type"]) == ("string", "null"), (name, parameter)
+            assert "properties" not in definition, (name, parameter)
+        assert "newest" in deployment["description"], name
 
 
 @pytest.mark.parametrize(

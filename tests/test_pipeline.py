@@ -10,9 +10,14 @@ from pathlib import Path
 import pytest
 
 from conftest import prefect_api_call, prefect_artifact_keys, task_state_counts
+from flows.cluster import cluster
+from flows.embed import embed
+from flows.export import export
 from flows.pipeline import pipeline
+from flows.train import train
 from penultimate.artifacts import ArtifactStore
-from penultimate.config import PipelineConfig
+from penultimate.config import EmbedConfig, ExportConfig, PipelineConfig
+from penultimate.stages import CLASSIFIER_STAGE, DATASET_STAGE, EMBEDDINGS_STAGE, EXPORT_STAGE
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -48,6 +53,7 @@ def test_pipeline_reruns_only_what_changed(
 ) -> None:
     # An existing cluster for the four runs, so Dask and TensorFlow start once, not per run.
     check_reruns(corpus_slice, store_with_encoder, prefect_api, dask_cluster)
+    check_stage_flows_take_the_newest_inputs(store_with_encoder, dask_cluster)
 
 
 def check_reruns(corpus_slice: Path, store: str, prefect_api: str, address: str) -> None:
@@ -108,6 +114,26 @@ def check_reruns(corpus_slice: Path, store: str, prefect_api: str, address: str)
     for name in ("ingest-dataset", "build-encoder", "encode-features"):
         assert retrained[name] == {"Cached"}, name
     assert encoder_passes(store) == {"features": rows, "embedding-shard": 0}
+
+
+def check_stage_flows_take_the_newest_inputs(store: str, address: str) -> None:
+    """What a deployment's Quick run does: a stage flow given no input takes the store's newest
+    artifact of that stage (export: the classifier's own dataset)."""
+    artifacts = ArtifactStore(store)
+    passes = encoder_passes(store)
+    # The pipeline's export settings: the newest classifier and its dataset give the cached export.
+    assert export(config=ExportConfig(verify_texts=8), store_root=store) == artifacts.latest(
+        EXPORT_STAGE
+    )
+    classifier = train(store_root=store)  # every TrainConfig default
+    assert artifacts.latest(CLASSIFIER_STAGE) == classifier
+    assert artifacts.input_of(classifier, DATASET_STAGE) == artifacts.latest(DATASET_STAGE)
+    embeddings = embed(config=EmbedConfig(runner={"dask_address": address}), store_root=store)
+    assert artifacts.input_of(embeddings, DATASET_STAGE) == artifacts.latest(DATASET_STAGE)
+    clusters = cluster(store_root=store)
+    assert artifacts.input_of(clusters, EMBEDDINGS_STAGE) == embeddings
+    # The default classifier and the encoder embeddings both read the cached features.
+    assert encoder_passes(store) == passes
 
 
 def encoder_passes(store: str) -> dict[str, int]:

@@ -3,6 +3,7 @@ that names the file and the field on any error."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,6 +23,24 @@ class ConfigFileError(InputError):
 
 
 C = TypeVar("C", bound=BaseModel)
+
+
+def choice_or_pattern(
+    choices: list[str], pattern: str, pattern_title: str
+) -> Callable[[dict[str, Any]], None]:
+    """The JSON schema of a string that is one of `choices` or matches `pattern` (`hidden:i`):
+    a deployment form offers the choices as a list and the pattern as a text box. Validation in
+    Python stays one pattern over both, so its error is one line."""
+
+    def replace(schema: dict[str, Any]) -> None:
+        schema.pop("type", None)
+        schema.pop("pattern", None)
+        schema["anyOf"] = [
+            {"type": "string", "enum": choices, "title": "one of"},
+            {"type": "string", "pattern": pattern, "title": pattern_title},
+        ]
+
+    return replace
 
 
 def load_config(model: type[C], path: str | Path, section: str | None = None) -> C:

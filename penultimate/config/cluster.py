@@ -28,7 +28,9 @@ class ClusterConfig(_Config):
     """Clusters, quality metrics, 2-D maps and a report for an embeddings artifact."""
 
     embeddings: str | None = Field(
-        None, description="Embeddings artifact folder; None = the one the pipeline just made."
+        None,
+        description="Embeddings artifact folder; None = the one the pipeline just made (the "
+        "`cluster` flow: the store's newest).",
     )
     algorithm: ClusterAlgorithm = Field(
         ClusterAlgorithm.kmeans,

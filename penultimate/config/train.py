@@ -8,7 +8,7 @@ from typing import Self
 
 from pydantic import Field, model_validator
 
-from penultimate.config.base import _Config
+from penultimate.config.base import _Config, choice_or_pattern
 from penultimate.config.encoder import EncoderConfig, Pooling
 
 
@@ -33,6 +33,9 @@ class DropoutSpec(_Config):
         description="`sequence` (token outputs before pooling) | `pooled` | `hidden:i` (after "
         "hidden layer i, from 0) | `head` (right before the output layer)",
         pattern=r"^(sequence|pooled|head|hidden:\d+)$",
+        json_schema_extra=choice_or_pattern(
+            ["head", "pooled", "sequence"], r"^hidden:\d+$", "hidden:i"
+        ),
     )
     rate: float = Field(0.1, ge=0, lt=1, description="Probability of dropping each unit.")
     mask: MaskMode = Field(
@@ -101,6 +104,7 @@ class TrainConfig(_Config):
     freeze: str = Field(
         "all",
         pattern=r"^(all|none|top:\d+)$",
+        json_schema_extra=choice_or_pattern(["all", "none"], r"^top:\d+$", "top:N"),
         description="`all` | `none` | `top:N` (train only the top N encoder blocks and the pooler)",
     )
     learning_rate: float = Field(
