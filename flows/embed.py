@@ -12,7 +12,7 @@ from penultimate.artifacts import ArtifactRef, ArtifactStore, open_artifact
 from penultimate.config import EmbedConfig
 from penultimate.console import progress_bar
 from penultimate.encoders.pair import encoder_layers
-from penultimate.ingest import dataset_shard_entries
+from penultimate.ingest import check_splits, dataset_shard_entries
 from penultimate.stages import DATASET_STAGE
 from tasks.embed import collect_embeddings, embed_shard
 from tasks.encoder import build_encoder
@@ -81,8 +81,9 @@ def embed(
     """
     store = ArtifactStore(store_root)
     dataset = store.input_artifact(dataset, DATASET_STAGE, made_by="ingest")
+    check_splits(store.read_manifest(dataset), config.splits, dataset.uri)  # type: ignore[arg-type]
     model = (
-        open_artifact(config.export, "export")
+        open_artifact(config.export, "export", intact=True)
         if config.export
         else build_encoder(config=config.encoder, store_root=str(store.root))
     )

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -29,8 +30,10 @@ DEFAULT_HOME = "artifacts"
 MANIFEST = "manifest.json"
 _STAGING_PREFIX = ".staging-"
 _TRASH_PREFIX = ".trash-"
-# A staging folder this old belongs to a writer that died; younger ones may still be in use.
+# A staging folder names its writer (host and pid): one whose writer on this host is gone is
+# swept at once. A writer on another host cannot be asked, so its folder is swept when this old.
 _ABANDONED_AFTER_S = 6 * 3600
+_HOST = socket.gethostname().replace("-", "_")
 
 
 class ArtifactRef(BaseModel):
@@ -232,18 +235,23 @@ class ArtifactStore:
     def validate(self, ref: ArtifactRef, *, checksums: bool = True) -> Manifest | None:
         """The manifest if the artifact is complete and undamaged, else None."""
         manifest = self.read_manifest(ref)
-        if manifest is None:
+        if manifest is None or self.damage(ref, manifest, checksums=checksums):
             return None
+        return manifest
+
+    def damage(self, ref: ArtifactRef, manifest: Manifest, *, checksums: bool = True) -> str | None:
+        """The first file of `manifest` that is missing or differs from it, said in words."""
         for entry in manifest.files:
             file = ref.path / entry.path
             try:
-                if file.stat().st_size != entry.size:
-                    return None
+                size = file.stat().st_size
             except OSError:
-                return None
+                return f"{entry.path} is missing"
+            if size != entry.size:
+                return f"{entry.path} has {size} bytes, the manifest says {entry.size}"
             if checksums and sha256_file(file) != entry.sha256:
-                return None
-        return manifest
+                return f"{entry.path} differs from its checksum"
+        return None
 
     def publish(
         self,
@@ -264,7 +272,7 @@ class ArtifactStore:
         stage_dir = self.root / stage.name
         stage_dir.mkdir(parents=True, exist_ok=True)
         self._remove_abandoned(stage_dir)
-        staging = stage_dir / f"{_STAGING_PREFIX}{ref.key}-{uuid.uuid4().hex[:8]}"
+        staging = stage_dir / f"{_STAGING_PREFIX}{ref.key}-{_writer_tag()}"
         staging.mkdir()
         try:
             metrics = dict(write(staging) or {})
@@ -289,7 +297,7 @@ class ArtifactStore:
     def _move_into_place(staging: Path, final: Path) -> None:
         # An old folder is invalid (else we would not republish): move it aside, not delete it in
         # place, so the swap itself is two renames.
-        trash = final.with_name(f"{_TRASH_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}")
+        trash = final.with_name(f"{_TRASH_PREFIX}{final.name}-{_writer_tag()}")
         with contextlib.suppress(FileNotFoundError):  # none there, or a concurrent writer's move
             final.rename(trash)
         try:
@@ -309,7 +317,7 @@ class ArtifactStore:
             if not child.name.startswith((_STAGING_PREFIX, _TRASH_PREFIX)):
                 continue
             try:
-                abandoned = child.stat().st_mtime < cutoff
+                abandoned = _writer_gone(child.name) or child.stat().st_mtime < cutoff
             except FileNotFoundError:
                 continue  # another writer moved its staging folder into place meanwhile
             if abandoned:
@@ -337,6 +345,20 @@ class ArtifactStore:
         manifests = {ref: self.read_manifest(ref) for ref in self.artifacts(stage)}
         return max(manifests, key=lambda r: manifests[r].created_at, default=None)  # type: ignore[union-attr]
 
+    def check_writable(self) -> None:
+        """Before any work: the store is a folder this process can create files in."""
+        from penultimate.errors import InputError
+
+        if self.root.exists() and not self.root.is_dir():
+            raise InputError(f"store {self.root}: is a file, not a folder")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / f".write-check-{uuid.uuid4().hex[:8]}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as error:
+            raise InputError(f"store {self.root}: not writable ({error.strerror})") from None
+
     def input_artifact(self, ref: ArtifactRef | None, stage: Stage, made_by: str) -> ArtifactRef:
         """`ref`, checked to be a complete `stage` artifact; when None, the store's newest one
         (`made_by` names the command that makes one, for the error when there is none)."""
@@ -348,6 +370,25 @@ class ArtifactStore:
         if newest is None:
             raise InputError(f"no {stage.name} artifact in {self.root}: run {made_by} first")
         return newest
+
+
+def _writer_tag() -> str:
+    """`<host>-<pid>-<random>`: who writes a staging or trash folder, and a unique suffix."""
+    return f"{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _writer_gone(folder_name: str) -> bool:
+    """Whether the writer a folder's `_writer_tag` names ran on this host and has exited."""
+    parts = folder_name.rsplit("-", 3)
+    if len(parts) != 4 or parts[1] != _HOST or not parts[2].isdigit():
+        return False
+    try:
+        os.kill(int(parts[2]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, another user's
+    return False
 
 
 def _file_entries(folder: Path) -> list[FileEntry]:
@@ -372,14 +413,20 @@ def write_text_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def open_artifact(uri: str | Path, stage: str) -> ArtifactRef:
-    """The ref of an existing artifact folder given by path, checked to be a valid `stage` one."""
+def open_artifact(uri: str | Path, stage: str, *, intact: bool = False) -> ArtifactRef:
+    """The ref of an existing artifact folder given by path, checked to be a valid `stage` one
+    (and, if `intact`, every file present with its checksum: for a model about to be loaded)."""
     from penultimate.errors import InputError
 
     path = Path(uri).expanduser().resolve()
     ref = ArtifactRef(stage=path.parent.name, key=path.name, uri=str(path))
     if ref.stage != stage:
         raise InputError(f"{uri}: a {ref.stage!r} artifact folder, expected a {stage!r} one")
-    if ArtifactStore(path.parent.parent).read_manifest(ref) is None:
+    store = ArtifactStore(path.parent.parent)
+    manifest = store.read_manifest(ref)
+    if manifest is None:
         raise InputError(f"{uri}: not a complete artifact (manifest.json missing or invalid)")
+    problem = store.damage(ref, manifest) if intact else None
+    if problem:
+        raise InputError(f"{uri}: damaged artifact: {problem}; make it again")
     return ref

@@ -14,7 +14,7 @@ from typing import Any
 from penultimate.artifacts import ArtifactRef
 from penultimate.ui import file_url, inline_png, markdown_table
 
-SCORES = ("accuracy", "precision", "recall", "f1", "roc_auc")
+SCORES = ("accuracy", "precision", "recall", "f1", "macro_f1", "weighted_f1", "roc_auc")
 # More classes than this make a markdown matrix too wide to read; the PNG and metrics.json
 # hold it at any class count, and the top confusions say where the mistakes are.
 MATRIX_TABLE_CLASSES = 12
@@ -24,9 +24,20 @@ def score_table(test: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Rows of the `classifier-test-metrics` table: each score rounded to 4 decimals (None where
     undefined, e.g. ROC-AUC of a test split without every class)."""
     return [
-        {"metric": name, "value": None if test[name] is None else round(test[name], 4)}
+        {"metric": name, "value": None if test.get(name) is None else round(test[name], 4)}
         for name in SCORES
     ]
+
+
+def _score_line(name: str, test: Mapping[str, Any]) -> str:
+    if name == "roc_auc" and not test.get("positive_label"):
+        return (
+            f"- roc_auc: {test[name]:.4f} (one-vs-rest, macro over the "
+            f"{test['roc_auc_labels']} of {len(test['labels'])} labels in the test split)"
+        )
+    if name in ("precision", "recall", "f1", "roc_auc") and test.get("positive_label"):
+        return f"- {name}: {test[name]:.4f} (of `{test['positive_label']}`)"
+    return f"- {name}: {test[name]:.4f}"
 
 
 def classifier_report_markdown(
@@ -37,12 +48,23 @@ def classifier_report_markdown(
     test = metrics["test"]
     lines = [f"# Classifier `{ref.key}`", "", f"- files: {file_url(store_root, ref.path)}"]
     lines.append(f"- epochs run: {metrics['epochs_run']}, test rows: {test['rows']}")
+    if metrics.get("still_improving"):
+        lines.append(f"- **warning:** {metrics['still_improving']}")
     if metrics.get("tensorboard_run"):
         lines.append(
             f"- TensorBoard run `{metrics['tensorboard_run']}`: "
             f"`tensorboard --logdir {ref.uri}/tensorboard`"
         )
-    lines += [f"- {name}: {test[name]:.4f}" for name in SCORES if test[name] is not None]
+    lines += [_score_line(name, test) for name in SCORES if test.get(name) is not None]
+    if test.get("per_class"):
+        lines += ["", "## Per class (test split)", ""]
+        lines += markdown_table(
+            ["label", "precision", "recall", "f1", "support"],
+            [
+                [c["label"], c["precision"], c["recall"], c["f1"], c["support"]]
+                for c in test["per_class"]
+            ],
+        )
     lines += ["", "## Top confusions", ""]
     confusions = test.get("top_confusions", [])
     if confusions:

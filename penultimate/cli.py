@@ -5,6 +5,8 @@ and manage the local Prefect server and the demo corpus. Flow commands print the
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import importlib.metadata
 import os
 import sys
@@ -29,22 +31,47 @@ from penultimate.errors import InputError
 from penultimate.ui import FILES_URL_ENV, SERVE_PORT
 
 DEMO_CACHE = Path(".cache/demo")
+# The commands that publish artifacts: their store is checked before anything starts.
+STORE_WRITERS = {
+    "ingest",
+    "build-encoder",
+    "train",
+    "export",
+    "embed",
+    "cluster",
+    "pipeline",
+    "probe",
+}
+_RUN_CONTEXT = contextlib.ExitStack()
+STORE_FULL_OR_LOCKED = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 NEWEST = "default: the store's newest"
 
 
 def _use_prefect_api() -> None:
     """Point this process at PREFECT_API_URL, or at the local server (started if needed), with
     the terminal's logging set up (see penultimate.console)."""
-    if not os.environ.get("PREFECT_API_URL"):
-        from penultimate.prefect_server import start_local_server
+    from penultimate.prefect_server import api_healthy, start_local_server
 
+    if not os.environ.get("PREFECT_API_URL"):
         os.environ["PREFECT_API_URL"] = start_local_server()
+    elif not api_healthy(os.environ["PREFECT_API_URL"], timeout=10.0):
+        raise InputError(
+            f"PREFECT_API_URL={os.environ['PREFECT_API_URL']} does not answer (GET /health): "
+            "start that server, or unset PREFECT_API_URL to use the local one"
+        )
     # No internet: Prefect's telemetry would log a failed send (it can run in this process too),
     # and each Dask worker importing Prefect would print its usage-data notice.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     # Only now: importing Prefect reads its settings, PREFECT_API_URL included.
     quiet_console_logging()
+    from prefect import tags
+
+    from penultimate.run_owner import mark_dead_runs_crashed, owner_tags
+
+    mark_dead_runs_crashed()
+    # Held until the process exits: every run this command starts is tagged with its owner.
+    _RUN_CONTEXT.enter_context(tags(*owner_tags()))
 
 
 def _cmd_ingest(args: argparse.Namespace) -> str:
@@ -344,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.verbose:
         set_verbose()
     try:
+        if args.command in STORE_WRITERS:
+            ArtifactStore(args.store).check_writable()
         result = args.run(args)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -351,6 +380,12 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:
         if verbose():
             raise
+        if isinstance(error, OSError) and error.errno in STORE_FULL_OR_LOCKED:
+            # Every artifact is written to a staging folder first: a failed write published
+            # nothing.
+            where = f": {error.filename}" if error.filename else ""
+            print(f"error: {error.strerror}{where} (nothing was published)", file=sys.stderr)
+            return 2
         path = log_file()
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a", encoding="utf-8") as details:

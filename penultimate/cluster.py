@@ -161,6 +161,12 @@ def validate_cluster_inputs(shards: EmbeddingShards, config: ClusterConfig) -> N
         raise ClusterInputError(
             f"k: {config.k} is larger than the number of points ({shards.total})"
         )
+    fitted = min(shards.total, fit_sample_size(config))
+    if config.algorithm == ClusterAlgorithm.hdbscan and config.min_cluster_size > fitted:
+        raise ClusterInputError(
+            f"min_cluster_size: {config.min_cluster_size} is larger than the {fitted} points "
+            "hdbscan fits on; lower it"
+        )
     if config.reduce_to is not None and config.reduce_to > min(shards.dim, shards.total):
         raise ClusterInputError(
             f"reduce_to: {config.reduce_to} exceeds min(dimension {shards.dim}, points "

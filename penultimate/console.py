@@ -29,6 +29,9 @@ CHATTY_LOGGERS = (
     "h5py",
     "matplotlib",
 )
+# Prefect's background services (logger named after the class) warn at exit while they flush
+# their last events: routine, and printed after the command's own last line.
+SHUTDOWN_NOTICE_LOGGERS = ("EventsWorker", "APILogWorker")
 
 
 def verbose() -> bool:
@@ -168,6 +171,8 @@ def quiet_console_logging() -> Path:
         dask.config.set({"logging.distributed": "warning"})
     for name in CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    for name in SHUTDOWN_NOTICE_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
     for console in root.handlers:
         if console is not handler and isinstance(console, logging.StreamHandler):
             console.setFormatter(_OneLineFormatter(console.formatter))

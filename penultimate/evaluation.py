@@ -16,23 +16,43 @@ from sklearn import metrics as skm
 def classification_metrics(
     y_true: np.ndarray, probabilities: np.ndarray, names: Sequence[str]
 ) -> dict[str, Any]:
-    """Metrics for class ids `y_true` [n] and class probabilities [n, C].
+    """Metrics for class ids `y_true` [n] and class probabilities [n, C], over every label.
 
-    Binary problems report precision/recall/F1 of the second class (`names[1]`, e.g. `spam` of
-    sorted `ham, spam`); more classes report macro averages.
+    `precision`, `recall` and `f1` are those of the second class (`names[1]`, e.g. `spam` of
+    sorted `ham, spam`) for two classes, macro averages for more; `macro_f1`, `weighted_f1` and
+    the `per_class` table always cover every label of `names`, a label absent from the split
+    included (support 0). ROC-AUC is one-vs-rest, macro-averaged over the labels the split holds
+    (`roc_auc_labels` of them), since a class without rows has no curve.
     """
     y_pred = probabilities.argmax(axis=1)
-    matrix = skm.confusion_matrix(y_true, y_pred, labels=list(range(len(names))))
+    every = list(range(len(names)))
+    matrix = skm.confusion_matrix(y_true, y_pred, labels=every)
     binary = len(names) == 2
     average = "binary" if binary else "macro"
+    scores = {"labels": every, "zero_division": 0}
+    precision, recall, f1, support = skm.precision_recall_fscore_support(
+        y_true, y_pred, average=None, **scores
+    )
     result: dict[str, Any] = {
         "rows": len(y_true),
         "accuracy": float(skm.accuracy_score(y_true, y_pred)),
-        "precision": float(skm.precision_score(y_true, y_pred, average=average, zero_division=0)),
-        "recall": float(skm.recall_score(y_true, y_pred, average=average, zero_division=0)),
-        "f1": float(skm.f1_score(y_true, y_pred, average=average, zero_division=0)),
+        "precision": float(skm.precision_score(y_true, y_pred, average=average, **scores)),
+        "recall": float(skm.recall_score(y_true, y_pred, average=average, **scores)),
+        "f1": float(skm.f1_score(y_true, y_pred, average=average, **scores)),
+        "macro_f1": float(skm.f1_score(y_true, y_pred, average="macro", **scores)),
+        "weighted_f1": float(skm.f1_score(y_true, y_pred, average="weighted", **scores)),
         "positive_label": names[1] if binary else None,
         "labels": list(names),
+        "per_class": [
+            {
+                "label": name,
+                "precision": float(precision[c]),
+                "recall": float(recall[c]),
+                "f1": float(f1[c]),
+                "support": int(support[c]),
+            }
+            for c, name in enumerate(names)
+        ],
         "confusion_matrix": matrix.tolist(),
         # Shares to 4 decimals: the exact counts are beside them and in the matrix.
         "top_confusions": [
@@ -40,15 +60,16 @@ def classification_metrics(
             for confusion in top_confusions(matrix, names)
         ],
     }
-    present = np.unique(y_true)
-    if len(present) == len(names):
-        result["roc_auc"] = float(
-            skm.roc_auc_score(y_true, probabilities[:, 1])
-            if binary
-            else skm.roc_auc_score(y_true, probabilities, multi_class="ovr")
-        )
+    present = [int(c) for c in np.unique(y_true)]
+    result["roc_auc_labels"] = len(present)
+    if len(present) < 2:
+        result["roc_auc"] = None  # no negatives (or no positives): no curve to draw
+    elif binary:
+        result["roc_auc"] = float(skm.roc_auc_score(y_true, probabilities[:, 1]))
     else:
-        result["roc_auc"] = None  # undefined when the test split lacks a class
+        result["roc_auc"] = float(
+            np.mean([skm.roc_auc_score(y_true == c, probabilities[:, c]) for c in present])
+        )
     return result
 
 

@@ -5,14 +5,15 @@ the dataset as zstd Parquet shards with `id`, `text`, `label`, `split` and passt
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import fsspec
 import polars as pl
 
-from penultimate.artifacts import ArtifactRef, ArtifactStore
+from penultimate.artifacts import ArtifactRef, ArtifactStore, Manifest
 from penultimate.config import EmptyTextPolicy, FileFormat, IngestConfig, TextFormat
 from penultimate.email_text import email_to_text
 from penultimate.errors import InputError
@@ -82,9 +83,28 @@ def _read_file(file: str, file_format: FileFormat) -> pl.DataFrame:
         if fmt == FileFormat.csv:
             # Undecodable bytes become U+FFFD (counted later) instead of failing the whole file.
             return pl.read_csv(data, encoding="utf8-lossy", infer_schema=False)
-        return pl.read_ndjson(data)
+        return _read_jsonl(file, data)
+    except IngestError:
+        raise
     except Exception as error:
         raise IngestError(f"{file}: cannot read as {fmt}: {error}") from None
+
+
+def _read_jsonl(file: str, data: bytes) -> pl.DataFrame:
+    try:
+        return pl.read_ndjson(data)
+    except pl.exceptions.PolarsError:
+        # polars names a byte offset at best: find the first line that is not JSON, by number.
+        for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
+            if line.strip():
+                try:
+                    json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise IngestError(
+                        f"{file}: line {number} is not valid JSON: {error.msg} "
+                        f"(column {error.colno})"
+                    ) from None
+        raise
 
 
 def read_source(config: IngestConfig) -> pl.DataFrame:
@@ -100,6 +120,12 @@ def read_source(config: IngestConfig) -> pl.DataFrame:
         if missing:
             raise IngestError(
                 f"{file}: column(s) {missing} not found; the file has columns {frame.columns}"
+            )
+        text_type = frame.schema[config.text_column]
+        if text_type not in (pl.String, pl.Binary, pl.Null):
+            raise IngestError(
+                f"{file}: text column {config.text_column!r} holds {text_type}, not text; "
+                "name the column that holds the texts (`text_column`)"
             )
         frames.append(
             frame.select(
@@ -142,16 +168,70 @@ def _emails_to_text(raw: pl.Series) -> tuple[pl.Series, dict[str, int]]:
     return pl.Series("text", texts, dtype=pl.String), counts
 
 
-def split_of(ids: pl.Series, ratios: Mapping[str, float], salt: str) -> pl.Series:
-    """train/val/test from a sha256 of salt + id: the same id lands in the same split everywhere."""
-    cut_train, cut_val = ratios["train"], ratios["train"] + ratios["val"]
+# A class needs a row in each of train, val and test; smaller classes go to train and are named.
+MIN_STRATIFIED_ROWS = 3
 
-    def draw(row_id: str) -> str:
-        digest = hashlib.sha256(f"{salt}\x1f{row_id}".encode()).digest()
-        u = int.from_bytes(digest[:8], "big") / 2**64
-        return "train" if u < cut_train else "val" if u < cut_val else "test"
 
-    return pl.Series("split", [draw(i) for i in ids], dtype=pl.String)
+def _hash_position(row_id: str, salt: str) -> float:
+    digest = hashlib.sha256(f"{salt}\x1f{row_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def split_quotas(rows: int, ratios: Mapping[str, float]) -> dict[str, int]:
+    """Rows per split for a class of `rows`: the ratios rounded by largest remainder, every split
+    with a positive ratio given at least one row (classes of >= MIN_STRATIFIED_ROWS); a smaller
+    class goes whole to the split with the largest ratio (train by default)."""
+    positive = [split for split in SPLITS if ratios[split] > 0]
+    if rows < max(MIN_STRATIFIED_ROWS, len(positive)):
+        return {split: rows if split == max(SPLITS, key=ratios.get) else 0 for split in SPLITS}
+    ideal = {split: rows * ratios[split] for split in SPLITS}
+    quotas = {split: max(1, int(ideal[split])) if split in positive else 0 for split in SPLITS}
+    while sum(quotas.values()) < rows:
+        grow = max(positive, key=lambda split: ideal[split] - quotas[split])
+        quotas[grow] += 1
+    while sum(quotas.values()) > rows:
+        shrink = min(
+            (split for split in positive if quotas[split] > 1),
+            key=lambda split: ideal[split] - quotas[split],
+        )
+        quotas[shrink] -= 1
+    return quotas
+
+
+def split_of(
+    ids: pl.Series, ratios: Mapping[str, float], salt: str, labels: pl.Series | None = None
+) -> pl.Series:
+    """train/val/test, reproducible on every machine: drawn from a sha256 of salt + id.
+
+    Unlabelled rows are placed one by one (the same id lands in the same split everywhere).
+    Labelled rows are stratified: within each label, rows ordered by that hash fill the label's
+    `split_quotas`, so every class of >= MIN_STRATIFIED_ROWS rows is in every split.
+    """
+    positions = [_hash_position(row_id, salt) for row_id in ids]
+    if labels is None:
+        cut_train, cut_val = ratios["train"], ratios["train"] + ratios["val"]
+        drawn = ["train" if u < cut_train else "val" if u < cut_val else "test" for u in positions]
+        return pl.Series("split", drawn, dtype=pl.String)
+    order = pl.DataFrame({"label": labels, "u": positions}).with_row_index("row")
+    order = order.sort(["label", "u"]).with_columns(
+        pl.int_range(pl.len()).over("label").alias("rank"), pl.len().over("label").alias("n")
+    )
+    drawn = [""] * len(ids)
+    quotas: dict[int, dict[str, int]] = {}
+    for row, rank, n in order.select("row", "rank", "n").iter_rows():
+        quota = quotas.setdefault(n, split_quotas(n, ratios))
+        drawn[row] = (
+            "train"
+            if rank < quota["train"]
+            else ("val" if rank < quota["train"] + quota["val"] else "test")
+        )
+    return pl.Series("split", drawn, dtype=pl.String)
+
+
+def small_classes(labels: pl.Series) -> dict[str, int]:
+    """Labels with fewer rows than a stratified split needs (they are in train only)."""
+    counts = labels.value_counts().filter(pl.col("count") < MIN_STRATIFIED_ROWS)
+    return dict(sorted((str(label), int(n)) for label, n in counts.iter_rows()))
 
 
 def prepare_dataset(config: IngestConfig) -> tuple[pl.DataFrame, dict[str, Any]]:
@@ -175,10 +255,13 @@ def prepare_dataset(config: IngestConfig) -> tuple[pl.DataFrame, dict[str, Any]]
             examples = frame.filter(empty)["id"].head(_DUPLICATE_EXAMPLES).to_list()
             raise IngestError(
                 f"{int(empty.sum())} row(s) have null or empty text (ids {examples}); "
-                "set empty_text: drop to skip them"
+                "set empty_text: drop to skip them or keep to embed them"
             )
-        dropped["empty_text"] = int(empty.sum())
-        frame = frame.filter(~empty)
+        if config.empty_text == EmptyTextPolicy.keep:
+            frame = frame.with_columns(pl.col("text").fill_null(""))
+        else:
+            dropped["empty_text"] = int(empty.sum())
+            frame = frame.filter(~empty)
     if "label" in frame.columns:
         null_labels = frame["label"].is_null()
         if null_labels.any():
@@ -191,14 +274,20 @@ def prepare_dataset(config: IngestConfig) -> tuple[pl.DataFrame, dict[str, Any]]
             frame.filter(duplicated)["id"].unique(maintain_order=True).head(_DUPLICATE_EXAMPLES)
         )
         raise IngestError(
-            f"{int(duplicated.sum())} rows share an id with another row; examples: "
-            f"{examples.to_list()}"
+            f"source {config.source}: {int(duplicated.sum())} rows share an id with another row "
+            f"(column {config.id_column!r}); examples: {examples.to_list()}"
         )
     if frame.height == 0:
         raise IngestError(f"source {config.source!r}: no usable rows (dropped: {dropped})")
 
-    frame = frame.with_columns(split_of(frame["id"], config.split.model_dump(), config.split_salt))
-    return frame, {"dropped": dropped, **decode_counts}
+    labels = frame["label"] if "label" in frame.columns else None
+    frame = frame.with_columns(
+        split_of(frame["id"], config.split.model_dump(), config.split_salt, labels)
+    )
+    counts: dict[str, Any] = {"dropped": dropped, **decode_counts}
+    if labels is not None:
+        counts["small_classes"] = small_classes(labels)
+    return frame, counts
 
 
 def write_dataset(
@@ -247,6 +336,16 @@ def _split_counts(frame: pl.DataFrame) -> dict[str, int]:
 def dataset_shards(ref: ArtifactRef) -> list[Path]:
     """The Parquet shard files of a dataset artifact, in order."""
     return sorted((ref.path / DATA_DIR).glob("part-*.parquet"))
+
+
+def check_splits(manifest: Manifest, splits: Sequence[str] | None, uri: str) -> None:
+    """Before any work: the splits asked for hold rows in this dataset."""
+    if splits is None:
+        return
+    rows = manifest.metrics["rows_per_split"]
+    if not sum(rows.get(split, 0) for split in splits):
+        held = ", ".join(f"{split} {n}" for split, n in rows.items())
+        raise InputError(f"{uri}: splits {list(splits)} hold no rows (rows per split: {held})")
 
 
 def read_dataset(ref: ArtifactRef, split: str | None = None) -> pl.DataFrame:

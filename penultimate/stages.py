@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from penultimate.artifacts import Stage
 
-DATASET_STAGE = Stage("dataset", "1")
+# 2: splits stratified by label.
+DATASET_STAGE = Stage("dataset", "2")
 # 2: the encoder SavedModel carries `call_bfloat16`.
 # 3: 2-D token matrix, fused QKV, MatMul + BiasAdd (+ GELU) that oneDNN fuses.
 # 4: `encoder.json`; TF-Hub pairs imported too; the built-in preprocessor has the whole standard
@@ -22,7 +23,9 @@ FEATURES_STAGE = Stage("features", "2")
 #    metrics, not in the key).
 # 4: confusion_matrix.png row-normalised and at most 1596 px a side; metrics name the top
 #    confusions; TensorBoard logs in a run named after the config, with an hparams session.
-CLASSIFIER_STAGE = Stage("classifier", "4")
+# 5: class_weights auto = capped inverse square-root frequency; metrics per class, macro and
+#    weighted F1 over every label; a warning when training stopped still improving.
+CLASSIFIER_STAGE = Stage("classifier", "5")
 # 2: `encode` also returns `penultimate`, so every choice comes from one encoder pass.
 # 3: inputs packed through the standard `tokenize` + `bert_pack_inputs` (any TF-Hub preprocessor);
 #    `seq_length` kept as a variable.

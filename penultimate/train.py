@@ -39,6 +39,7 @@ from penultimate.training_log import (
     TENSORBOARD_DIR,
     EpochLog,
     run_name,
+    still_improving,
     tensorboard_callback,
     write_run_summary,
 )
@@ -46,6 +47,7 @@ from penultimate.training_log import (
 CLASSIFIER_FILE = "classifier.json"
 WEIGHTS = "weights/classifier"
 FEATURE_SPLITS = ("train", "val", "test")
+AUTO_WEIGHT_CAP = 10.0
 # Batches are sorted by length within windows of this many batches: little padding, still shuffled.
 _SORT_WINDOW_BATCHES = 20
 
@@ -138,11 +140,27 @@ def split_features(
     return result
 
 
-def _class_weights(config: TrainConfig, y: np.ndarray, num_classes: int) -> dict[int, float] | None:
-    if config.class_weights == ClassWeights.none:
+def class_weights(counts: np.ndarray, mode: ClassWeights) -> dict[int, float] | None:
+    """Loss weight per class id from its train rows `counts` [C]; each mode's weights have a
+    row-weighted mean of 1, so the learning rate means the same with and without them.
+
+    `balanced` is inverse frequency (sklearn's); `auto` is inverse square-root frequency with the
+    largest weight at most AUTO_WEIGHT_CAP times the smallest: a class of 2 rows beside one of
+    1,000 gets ~10x, not ~500x, the weight, so small classes are helped without being predicted
+    everywhere. A class without train rows gets the largest weight (it never enters the loss).
+    """
+    if mode == ClassWeights.none:
         return None
-    counts = np.bincount(y, minlength=num_classes)
-    return {c: float(len(y) / (num_classes * max(n, 1))) for c, n in enumerate(counts)}
+    present = counts > 0
+    raw = np.zeros(len(counts))
+    if mode == ClassWeights.balanced:
+        raw[present] = 1.0 / counts[present]
+    else:
+        raw[present] = 1.0 / np.sqrt(counts[present])
+        raw = np.minimum(raw, AUTO_WEIGHT_CAP * raw[present].min())
+    raw *= counts.sum() / (counts * raw).sum()
+    raw[~present] = raw[present].max()
+    return {c: float(weight) for c, weight in enumerate(raw)}
 
 
 def _optimizer(peak: float, config: TrainConfig, total_steps: int) -> tf_keras.optimizers.Optimizer:
@@ -252,7 +270,9 @@ def fit_classifier(
         )
     fit_options = {
         "epochs": config.epochs,
-        "class_weight": _class_weights(config, y["train"], len(labels.names)),
+        "class_weight": class_weights(
+            np.bincount(y["train"], minlength=len(labels.names)), config.class_weights
+        ),
         "callbacks": callbacks,
         "verbose": 0,
     }
@@ -296,7 +316,10 @@ def fit_classifier(
     metrics: dict[str, Any] = {
         "epochs_run": len(history.history.get("loss", [])),
         "tensorboard_run": run_dir.name,
+        "still_improving": still_improving(history.history, config.epochs),
     }
+    if metrics["still_improving"]:
+        log(f"warning: {metrics['still_improving']}")
     if test_logits is not None:
         probabilities = logits_to_probabilities(np.asarray(test_logits))
         metrics["test"] = classification_metrics(y["test"], probabilities, labels.names)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,18 @@ class EpochLog(tf_keras.callbacks.Callback):
         # A head on cached features can take a few milliseconds an epoch: `0.0 s` would hide it.
         took = f"{seconds:.1f} s" if seconds >= 0.1 else f"{1000 * seconds:.0f} ms"
         self._log(f"epoch {epoch + 1}/{self._epochs}: {shown} ({took})")
+
+
+def still_improving(history: Mapping[str, Sequence[float]], epochs: int) -> str | None:
+    """A warning when training used every epoch and the last one set a new best validation
+    loss: more epochs would likely help. None otherwise (or without validation rows)."""
+    val_loss = list(history.get("val_loss", []))
+    if len(val_loss) < max(epochs, 2) or val_loss[-1] >= min(val_loss[:-1]):
+        return None
+    return (
+        f"validation loss still falling at the last of {epochs} epochs "
+        f"({val_loss[-2]:.4f} -> {val_loss[-1]:.4f}): more epochs would likely help"
+    )
 
 
 def _dropout_name(spec: DropoutSpec) -> str:

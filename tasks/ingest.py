@@ -14,7 +14,12 @@ from prefect.artifacts import create_markdown_artifact
 
 from penultimate.artifacts import ArtifactRef, Manifest
 from penultimate.config import IngestConfig
-from penultimate.ingest import prepare_dataset, source_fingerprint, write_dataset
+from penultimate.ingest import (
+    MIN_STRATIFIED_ROWS,
+    prepare_dataset,
+    source_fingerprint,
+    write_dataset,
+)
 from penultimate.stages import DATASET_STAGE
 from penultimate.ui import file_url, markdown_table
 from tasks.caching import artifact_task
@@ -29,6 +34,13 @@ def dropped_text(dropped: Mapping[str, int]) -> str:
     return ", ".join(f"{n} ({reason})" for reason, n in dropped.items()) or "none"
 
 
+def small_classes_text(small: Mapping[str, int]) -> str:
+    if not small:
+        return f"every class is in train, val and test (each has >= {MIN_STRATIFIED_ROWS} rows)"
+    named = ", ".join(f"{label} ({rows})" for label, rows in small.items())
+    return f"{len(small)} classes under {MIN_STRATIFIED_ROWS} rows are in train only: {named}"
+
+
 def _show_dataset(ref: ArtifactRef, manifest: Manifest, params: Mapping[str, Any]) -> None:
     metrics = manifest.metrics
     splits = metrics["rows_per_split"]
@@ -38,6 +50,9 @@ def _show_dataset(ref: ArtifactRef, manifest: Manifest, params: Mapping[str, Any
         f"- rows: {metrics['rows']} in {len(metrics['shards'])} shards "
         f"([files]({file_url(Path(params['store_root']), ref.path)}))",
         f"- dropped: {dropped_text(metrics['dropped'])}",
+        f"- split: stratified by label; {small_classes_text(metrics.get('small_classes', {}))}"
+        if "label_counts_per_split" in metrics
+        else "- split: by id (unlabelled)",
         "",
     ]
     counts = metrics.get("label_counts_per_split")
@@ -67,4 +82,6 @@ def ingest_dataset(out: Path, config: IngestConfig, store_root: str) -> dict[str
         config.source,
         dropped_text(counts["dropped"]),
     )
+    if counts.get("small_classes"):
+        get_run_logger().warning("split: %s", small_classes_text(counts["small_classes"]))
     return write_dataset(frame, counts, out, config.shard_rows)

@@ -277,14 +277,14 @@ def stop_processes(processes: list[subprocess.Popen[bytes]], grace_seconds: floa
             process.wait(timeout=30)
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    """`penultimate ARGS` in a fresh interpreter, from the repository root."""
+def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`penultimate ARGS` in a fresh interpreter, from the repository root (`env` added)."""
     return subprocess.run(
         [sys.executable, "-m", "penultimate.cli", *args],
         capture_output=True,
         text=True,
         cwd=REPO,
-        env={**os.environ},
+        env={**os.environ, **env},
         timeout=600,
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from penultimate.artifacts import ArtifactRef, ArtifactStore, Stage, artifact_key
+from penultimate.artifacts import ArtifactRef, ArtifactStore, Stage, artifact_key, open_artifact
 from penultimate.errors import InputError
 
 STAGE = Stage("demo", "1")
@@ -62,6 +63,20 @@ def test_an_input_is_named_by_its_folder_or_defaults_to_the_newest(tmp_path: Pat
     with pytest.raises(InputError, match="a 'demo' artifact folder, expected a 'dataset' one"):
         store.input_artifact(newer, Stage("dataset", "1"), made_by="ingest")
     assert store.input_of(newer, Stage("dataset", "1")) is None
+
+
+def test_a_model_about_to_be_loaded_is_checked_file_by_file(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path)
+    ref = store.publish(STAGE, {"n": 1}, write_two_files).ref
+    assert open_artifact(ref.uri, "demo", intact=True) == ref
+    (ref.path / "a.txt").write_text("alphA")  # same size: only the checksum tells
+    assert open_artifact(ref.uri, "demo") == ref  # the manifest alone does not notice
+    with pytest.raises(InputError, match=r"damaged artifact: a\.txt differs from its checksum"):
+        open_artifact(ref.uri, "demo", intact=True)
+    (ref.path / "a.txt").write_text("alpha")
+    (ref.path / "sub" / "b.bin").unlink()
+    with pytest.raises(InputError, match=r"damaged artifact: sub/b\.bin is missing"):
+        open_artifact(ref.uri, "demo", intact=True)
 
 
 @pytest.mark.parametrize("damage", ["delete_file", "edit_file", "delete_manifest", "bad_manifest"])
@@ -126,6 +141,13 @@ def test_sigkill_while_writing_leaves_nothing_visible_and_rerun_succeeds(tmp_pat
     ).ref
     assert rerun == ref
     assert store.validate(ref) is not None
+    # The killed writer's staging folder names its pid, which is gone: the next publish swept
+    # it at once (not 6 h later), and a live writer's folder stays.
+    assert not [p for p in (tmp_path / "demo").iterdir() if p.name.startswith(".")]
+    live = tmp_path / "demo" / leftovers[0].replace(f"-{process.pid}-", f"-{os.getpid()}-")
+    live.mkdir()
+    store.publish(STAGE, {"n": 3}, write_two_files)
+    assert live.is_dir()
 
 
 _BUSY_WRITER = textwrap.dedent(

@@ -259,6 +259,14 @@ def test_k_larger_than_the_points_is_an_error(tmp_path: Path) -> None:
     )
 
 
+def test_hdbscan_on_fewer_points_than_its_smallest_cluster_is_an_error(tmp_path: Path) -> None:
+    small = topic_shards(1, 1)
+    config = ClusterConfig(algorithm="hdbscan", min_cluster_size=15)
+    assert "min_cluster_size: 15 is larger than the 3 points hdbscan fits on" in bad(
+        tmp_path, small, config
+    )
+
+
 def test_fewer_than_two_points_is_an_error(tmp_path: Path) -> None:
     one = [
         (pl.DataFrame({"id": ["a"], "text": ["x"], "label": ["l"]}), np.ones((1, 4), np.float32))

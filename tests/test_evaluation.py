@@ -71,7 +71,9 @@ def test_report_rounds_every_number_and_lists_the_top_confusions() -> None:
     ]
     metrics = {"epochs_run": 3, "test": test, "tensorboard_run": "freeze-all_pool-mean_1234abcd"}
     report = classifier_report_markdown(CLASSIFIER, metrics, STORE)
-    assert "- recall: 0.9801\n" in report and "- accuracy: 0.9900\n" in report
+    assert "- recall: 0.9801 (of `spam`)\n" in report and "- accuracy: 0.9900\n" in report
+    assert "| spam | 0.9899 | 0.9801 | 0.985 | 201 |" in report  # the per-class table
+    assert "- roc_auc: 0.9999 (of `spam`)" in report
     assert "| spam | ham | 4 | 2.0% |" in report and "| ham | spam | 2 | 0.5% |" in report
     assert "| true \\ predicted | ham | spam |\n| --- | --- | --- |\n| ham | 398 | 2 |" in report
     assert "tensorboard --logdir /store/classifier/k/tensorboard" in report
@@ -81,14 +83,41 @@ def test_report_rounds_every_number_and_lists_the_top_confusions() -> None:
     assert score_table(test)[2] == {"metric": "recall", "value": 0.9801}
 
 
+def test_metrics_cover_every_label_and_say_what_roc_auc_averages() -> None:
+    names = [f"class-{i}" for i in range(6)]
+    y, probabilities = mostly_right(5, 40)  # class-5 has no test rows; nothing predicts it
+    probabilities = np.hstack([probabilities * 0.99, np.full((len(y), 1), 0.01)])
+    test = classification_metrics(y, probabilities, names)
+    assert [c["label"] for c in test["per_class"]] == names
+    assert test["per_class"][5] == {
+        "label": "class-5",
+        "precision": 0.0,
+        "recall": 0.0,
+        "f1": 0.0,
+        "support": 0,
+    }
+    present = np.mean([c["f1"] for c in test["per_class"][:5]])
+    # Macro F1 averages every label of the dataset, the absent one included.
+    assert test["macro_f1"] == pytest.approx(present * 5 / 6)
+    assert test["weighted_f1"] == pytest.approx(present, abs=0.02)
+    assert test["roc_auc_labels"] == 5 and 0.9 < test["roc_auc"] <= 1.0
+    report = classifier_report_markdown(CLASSIFIER, {"epochs_run": 1, "test": test}, STORE)
+    assert "(one-vs-rest, macro over the 5 of 6 labels in the test split)" in report
+    single = classification_metrics(np.zeros(4, int), np.eye(6)[[0, 0, 0, 1]], names)
+    assert single["roc_auc"] is None and single["roc_auc_labels"] == 1
+
+
 def test_report_of_many_classes_points_at_the_matrix_instead_of_printing_it() -> None:
     names = [f"topic|{i}" for i in range(43)]
     y, probabilities = mostly_right(43, 10)
     test = classification_metrics(y, probabilities, names)
     report = classifier_report_markdown(CLASSIFIER, {"epochs_run": 1, "test": test}, STORE)
     assert "43 classes: the whole matrix is `test.confusion_matrix` in `metrics.json`" in report
-    rows = [line for line in report.splitlines() if line.startswith("| topic")]
+    confusions = report.split("## Top confusions")[1].split("##")[0]
+    rows = [line for line in confusions.splitlines() if line.startswith("| topic")]
     assert len(rows) == 10 and all(line.count(" | ") == 3 for line in rows)  # `|` escaped
+    per_class = report.split("## Per class (test split)")[1].split("##")[0]
+    assert len([line for line in per_class.splitlines() if line.startswith("| topic")]) == 43
     assert "None: every test row" in classifier_report_markdown(
         CLASSIFIER,
         {"epochs_run": 1, "test": classification_metrics(y, np.eye(43)[y], names)},

@@ -11,10 +11,13 @@ import pytest
 from penultimate.artifacts import ArtifactStore
 from penultimate.config import IngestConfig
 from penultimate.ingest import (
+    MIN_STRATIFIED_ROWS,
     IngestError,
     prepare_dataset,
     read_dataset,
+    small_classes,
     split_of,
+    split_quotas,
     write_dataset,
 )
 from penultimate.stages import DATASET_STAGE
@@ -52,6 +55,8 @@ def test_email_corpus_becomes_subject_and_body_text(corpus_slice: Path, tmp_path
     metrics = store.validate(ref).metrics  # type: ignore[union-attr]
     assert [s["rows"] for s in metrics["shards"]] == [70, 70, 70, 70, 20]
     assert sum(metrics["rows_per_split"].values()) == 300
+    # Stratified: no class is too small for val and test here, and the manifest says so.
+    assert metrics["small_classes"] == {}
     assert metrics["rows_per_split"]["train"] > metrics["rows_per_split"]["test"] > 0
     assert (
         sum(metrics["label_counts_per_split"]["train"].values())
@@ -75,6 +80,54 @@ def test_split_is_a_stable_function_of_id_and_salt() -> None:
 
 
 PINNED_SPLITS = ["train", "train", "train", "train", "test", "train"]
+
+
+def many_classes() -> tuple[pl.Series, pl.Series]:
+    """50 imbalanced classes, as a real many-class corpus has: 1 to 1,000 rows each."""
+    sizes = [1, 2, 3, 4, 5, 7, 10, *range(12, 300, 7), 1000]
+    labels = [f"class-{c:02d}" for c, size in enumerate(sizes) for _ in range(size)]
+    ids = [f"doc-{i}" for i in range(len(labels))]
+    return pl.Series(ids), pl.Series(labels)
+
+
+def test_split_is_stratified_every_class_of_three_rows_in_every_split() -> None:
+    ids, labels = many_classes()
+    ratios = {"train": 0.8, "val": 0.1, "test": 0.1}
+    split = split_of(ids, ratios, "penultimate", labels)
+    frame = pl.DataFrame({"id": ids, "label": labels, "split": split})
+    per_class = frame.group_by("label").agg(
+        pl.len().alias("n"), *(((pl.col("split") == s).sum()).alias(s) for s in ratios)
+    )
+    big = per_class.filter(pl.col("n") >= MIN_STRATIFIED_ROWS)
+    assert big.height == 48
+    assert (big.select(pl.min_horizontal(*ratios)) >= 1).to_series().all()
+    # A class large enough that no split needs its minimum row gets its ratios, rounded.
+    for n, *counts in big.filter(pl.col("n") >= 10).select("n", *ratios).iter_rows():
+        for count, ratio in zip(counts, ratios.values(), strict=True):
+            assert abs(count - n * ratio) <= 1, (n, counts)
+    small = per_class.filter(pl.col("n") < MIN_STRATIFIED_ROWS)
+    assert small["train"].to_list() == small["n"].to_list() and small.height == 2
+    assert small_classes(labels) == {"class-00": 1, "class-01": 2}
+    # Reproducible: row order does not matter, the salt does.
+    assert split.equals(split_of(ids.reverse(), ratios, "penultimate", labels.reverse()).reverse())
+    assert not split.equals(split_of(ids, ratios, "other-salt", labels))
+
+
+@pytest.mark.parametrize(
+    ("rows", "ratios", "quotas"),
+    [
+        (3, {"train": 0.8, "val": 0.1, "test": 0.1}, {"train": 1, "val": 1, "test": 1}),
+        (10, {"train": 0.8, "val": 0.1, "test": 0.1}, {"train": 8, "val": 1, "test": 1}),
+        (25, {"train": 0.8, "val": 0.1, "test": 0.1}, {"train": 20, "val": 3, "test": 2}),
+        (5, {"train": 0.0, "val": 0.5, "test": 0.5}, {"train": 0, "val": 3, "test": 2}),
+        (4, {"train": 1.0, "val": 0.0, "test": 0.0}, {"train": 4, "val": 0, "test": 0}),
+        (2, {"train": 0.8, "val": 0.1, "test": 0.1}, {"train": 2, "val": 0, "test": 0}),
+    ],
+)
+def test_split_quotas_round_to_the_ratios_and_give_every_split_a_row(
+    rows: int, ratios: dict[str, float], quotas: dict[str, int]
+) -> None:
+    assert split_quotas(rows, ratios) == quotas
 
 
 def test_csv_and_jsonl_folders_with_custom_columns(tmp_path: Path) -> None:
@@ -107,6 +160,10 @@ def test_empty_text_dropped_and_counted_or_an_error(tmp_path: Path) -> None:
         IngestError, match=r"2 row\(s\) have null or empty text \(ids \['2', '3'\]\)"
     ):
         prepare_dataset(plain_config(source, empty_text="error"))
+    # An embed-only dataset keeps every row: an empty text is embedded as "" (the parity
+    # reference holds sentence-transformers' embedding of "" and of whitespace).
+    frame, counts = prepare_dataset(plain_config(source, empty_text="keep"))
+    assert frame["text"].to_list() == ["fine", "", "   ", "ok"] and counts["dropped"] == {}
 
 
 def test_duplicate_ids_are_an_error_with_examples(tmp_path: Path) -> None:

@@ -17,11 +17,17 @@ import tf_keras
 from conftest import run_cli
 from penultimate.artifacts import ArtifactRef
 from penultimate.classifier import TextClassifier
-from penultimate.config import EncoderConfig, TrainConfig
+from penultimate.config import ClassWeights, EncoderConfig, TrainConfig
 from penultimate.encoders.pair import EncoderInfo, EncoderPair
 from penultimate.features import LoadedEncoder
 from penultimate.ingest import label_counts_per_split
-from penultimate.train import TrainInputError, validate_training_inputs
+from penultimate.train import (
+    AUTO_WEIGHT_CAP,
+    TrainInputError,
+    class_weights,
+    validate_training_inputs,
+)
+from penultimate.training_log import still_improving
 
 SHAPE = EncoderInfo(num_layers=6, hidden_size=384, seq_length=128, vocab_size=30522)
 DATASET = ArtifactRef(stage="dataset", key="k", uri="/store/dataset/k")
@@ -171,6 +177,32 @@ def test_freeze_all_leaves_the_encoder_bit_identical(
             variable.numpy(), before[variable.name], err_msg=variable.name
         )
     assert not model.encoder.trainable_weights
+
+
+def test_auto_class_weights_are_smoothed_and_capped_balanced_is_inverse_frequency() -> None:
+    counts = np.array([1000, 250, 40, 2, 0])
+    auto = class_weights(counts, ClassWeights.auto)
+    balanced = class_weights(counts, ClassWeights.balanced)
+    assert auto is not None and balanced is not None
+    present = [0, 1, 2, 3]
+    # Both keep the loss's scale: the row-weighted mean weight is 1.
+    for weights in (auto, balanced):
+        assert sum(counts[c] * weights[c] for c in present) == pytest.approx(counts.sum())
+    # Inverse square root: 4x fewer rows, 2x the weight; the 2-row class is capped at 10x.
+    assert auto[1] / auto[0] == pytest.approx(2.0)
+    assert auto[3] / auto[0] == pytest.approx(AUTO_WEIGHT_CAP)
+    assert balanced[3] / balanced[0] == pytest.approx(500.0)
+    assert auto[4] == max(auto[c] for c in present)  # no rows: never in the loss
+    assert class_weights(counts, ClassWeights.none) is None
+
+
+def test_a_run_that_ends_still_improving_gets_a_warning() -> None:
+    falling = {"val_loss": [0.9, 0.7, 0.6, 0.55, 0.52]}
+    assert "0.5500 -> 0.5200" in str(still_improving(falling, epochs=5))
+    # Early stopping ended it, or the best epoch was earlier: nothing to say.
+    assert still_improving(falling, epochs=10) is None
+    assert still_improving({"val_loss": [0.9, 0.5, 0.6, 0.7, 0.8]}, epochs=5) is None
+    assert still_improving({"loss": [0.9, 0.5]}, epochs=2) is None
 
 
 def test_cli_train_names_a_bad_dataset_folder(tmp_path: Path) -> None:

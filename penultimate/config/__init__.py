@@ -14,6 +14,7 @@ from penultimate.config.embed import (
     LayerCombine,
     OutputDtype,
     Precision,
+    Split,
 )
 from penultimate.config.encoder import BUILTIN_ENCODER, EncoderConfig, Pooling
 from penultimate.config.export import ExportConfig
@@ -60,6 +61,7 @@ __all__ = [
     "Precision",
     "ProbeConfig",
     "Projection",
+    "Split",
     "SplitRatios",
     "TextFormat",
     "TrainConfig",

@@ -43,15 +43,40 @@ def choice_or_pattern(
     return replace
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error (plain YAML
+    keeps the last value silently, so a typo'd second `rate:` would win unnoticed)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(model: type[C], path: str | Path, section: str | None = None) -> C:
     """Read YAML (or JSON) from `path` into `model`, naming the file and field on any error."""
     path = Path(path)
     try:
-        data: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data: Any = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except OSError as error:
         raise ConfigFileError(f"{path}: cannot read config: {error}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigFileError(
+            f"{path}: not UTF-8 text (byte {error.start}: {error.object[error.start]:#04x}); "
+            "save the config as UTF-8"
+        ) from None
     except yaml.YAMLError as error:
-        raise ConfigFileError(f"{path}: not valid YAML: {error}") from None
+        # One line: PyYAML's message spans several, with a caret under the offending spot.
+        where = error.problem_mark if isinstance(error, yaml.MarkedYAMLError) else None
+        at = f" (line {where.line + 1}, column {where.column + 1})" if where else ""
+        what = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigFileError(f"{path}: not valid YAML{at}: {what}") from None
     if section is not None:
         data = (data or {}).get(section, {})
     if not isinstance(data, dict):

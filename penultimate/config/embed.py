@@ -21,6 +21,14 @@ class EmbedSource(StrEnum):
     all_choices = "all_choices"
 
 
+class Split(StrEnum):
+    """The splits ingest draws (penultimate.ingest.SPLITS)."""
+
+    train = "train"
+    val = "val"
+    test = "test"
+
+
 class LayerCombine(StrEnum):
     mean = "mean"
     concat = "concat"
@@ -117,7 +125,9 @@ class EmbedStageConfig(_Config):
     embedding: EmbeddingChoice = Field(
         default_factory=EmbeddingChoice, description="Which vector each text becomes."
     )
-    splits: list[str] | None = Field(None, description="Only these splits; None = every row.")
+    splits: list[Split] | None = Field(
+        None, min_length=1, description="Only these splits; None = every row."
+    )
     batch_size: int = Field(
         64, ge=1, le=4096, description="Texts per model call (length-sorted, padded per batch)."
     )

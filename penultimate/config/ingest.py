@@ -26,6 +26,7 @@ class TextFormat(StrEnum):
 class EmptyTextPolicy(StrEnum):
     drop = "drop"
     error = "error"
+    keep = "keep"
 
 
 class SplitRatios(_Config):
@@ -66,7 +67,8 @@ class IngestConfig(_Config):
     )
     empty_text: EmptyTextPolicy = Field(
         EmptyTextPolicy.drop,
-        description="What to do with null/empty text: drop and count, or error.",
+        description="What to do with null/empty text: drop and count, error, or keep (as an "
+        "empty string, for a dataset that is only embedded: it gets the empty text's embedding).",
     )
     max_text_chars: int = Field(
         20_000,

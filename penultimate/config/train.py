@@ -76,7 +76,10 @@ class HiddenLayer(_Config):
 
 
 class ClassWeights(StrEnum):
+    """Loss weights per class (see `penultimate.train.class_weights`)."""
+
     auto = "auto"
+    balanced = "balanced"
     none = "none"
 
 
@@ -121,7 +124,9 @@ class TrainConfig(_Config):
         2, ge=0, description="Epochs without val-loss improvement before stopping; 0 = never."
     )
     class_weights: ClassWeights = Field(
-        ClassWeights.auto, description="auto = inverse class frequency; none = equal weights."
+        ClassWeights.auto,
+        description="auto = inverse square-root class frequency, the largest at most 10x the "
+        "smallest; balanced = inverse frequency; none = equal weights.",
     )
     seed: int = Field(0, description="Seeds TensorFlow, NumPy, Python and each dropout layer.")
 
