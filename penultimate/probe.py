@@ -78,15 +78,30 @@ def parse_choices(blocks: list[dict[str, Any]]) -> list[Choice]:
     return choices
 
 
-def _sample(rows: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
-    return rows if len(rows) <= size else np.sort(rng.choice(rows, size=size, replace=False))
+def stratified_sample(
+    rows: np.ndarray, labels: np.ndarray, size: int, rng: np.random.Generator
+) -> np.ndarray:
+    """At most `size` of `rows` (sorted), each label keeping its share, rounded by largest
+    remainder, and at least one row: a cap never removes a small class from the probe."""
+    if len(rows) <= size:
+        return rows
+    names, counts = np.unique(labels[rows], return_counts=True)
+    ideal = size * counts / counts.sum()
+    quota = np.maximum(1, np.floor(ideal)).astype(int)
+    for index in np.argsort(-(ideal - quota), kind="stable")[: max(0, size - quota.sum())]:
+        quota[index] += 1
+    picked = [
+        rng.choice(rows[labels[rows] == name], size=min(n, count), replace=False)
+        for name, n, count in zip(names, quota, counts, strict=True)
+    ]
+    return np.sort(np.concatenate(picked))
 
 
 def read_probe_rows(
     shards: EmbeddingShards, max_train_rows: int, max_test_rows: int, seed: int
 ) -> ProbeRows:
-    """A seeded sample of at most `max_*_rows` train and test rows, read shard by shard so only
-    the sample is ever held in memory; errors name the shard file."""
+    """A seeded sample of at most `max_*_rows` train and test rows, stratified by label, read
+    shard by shard so only the sample is ever held in memory; errors name the shard file."""
     splits, labels = [], []
     for file in shards.files:
         columns = pq.read_schema(file).names
@@ -103,8 +118,8 @@ def read_probe_rows(
     split, label = np.concatenate(splits), np.concatenate(labels)
     rng = np.random.default_rng(seed)
     chosen = {
-        "train": _sample(np.flatnonzero(split == "train"), max_train_rows, rng),
-        "test": _sample(np.flatnonzero(split == "test"), max_test_rows, rng),
+        "train": stratified_sample(np.flatnonzero(split == "train"), label, max_train_rows, rng),
+        "test": stratified_sample(np.flatnonzero(split == "test"), label, max_test_rows, rng),
     }
     for name, rows in chosen.items():
         if len(rows) < 2:

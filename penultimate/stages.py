@@ -42,7 +42,8 @@ EMBEDDINGS_STAGE = Stage("embeddings", "2")
 CLUSTERS_STAGE = Stage("clusters", "2")
 # The per-shard cluster assignments (Parquet) inside a clusters artifact.
 ASSIGNMENTS_DIR = "assignments"
-PROBE_STAGE = Stage("probe", "1")
+# 2: row caps sample each label by its share.
+PROBE_STAGE = Stage("probe", "2")
 
 ALL_STAGES = (
     DATASET_STAGE,

@@ -24,6 +24,7 @@ from penultimate.probe import (
     probe_table,
     read_probe_rows,
     score_choice,
+    stratified_sample,
 )
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -208,6 +209,19 @@ def test_a_representation_that_carries_nothing_scores_at_chance(
     with pytest.warns(Warning):  # k-means finds one distinct point where it wants two clusters
         full = score_choice(zeros, slice(0, 384), 1.0, 300, config.seed)
     assert full["ari"] == pytest.approx(0) and full["nmi"] == pytest.approx(0)
+
+
+def test_row_caps_keep_every_label_at_its_share() -> None:
+    labels = np.array(["big"] * 9000 + ["mid"] * 900 + ["tiny"] * 3)
+    rows = np.arange(len(labels))
+    sample = stratified_sample(rows, labels, 1000, np.random.default_rng(0))
+    kept = dict(zip(*np.unique(labels[sample], return_counts=True), strict=True))
+    assert len(sample) == 1000 and kept["tiny"] >= 1
+    assert abs(kept["big"] - 9000 * 1000 / 9903) <= 1 and abs(kept["mid"] - 900 * 1000 / 9903) <= 1
+    assert np.array_equal(sample, np.sort(sample)) and len(set(sample)) == len(sample)
+    assert stratified_sample(rows[:10], labels, 1000, np.random.default_rng(0)).tolist() == list(
+        range(10)
+    )
 
 
 def test_bad_probe_configs_name_the_field(corpus_slice: Path) -> None:

@@ -38,9 +38,14 @@ class ProbeConfig(_Config):
         default_factory=DaskRunnerConfig, description="The Dask cluster the extraction runs on."
     )
     max_train_rows: int = Field(
-        20000, ge=2, description="Train rows the probes fit on (a seeded sample beyond this)."
+        20000,
+        ge=2,
+        description="Train rows the probes fit on (beyond this, a seeded sample in which each "
+        "label keeps its share).",
     )
-    max_test_rows: int = Field(20000, ge=2, description="Test rows the probes are scored on.")
+    max_test_rows: int = Field(
+        20000, ge=2, description="Test rows the probes are scored on (sampled as train's are)."
+    )
     regularization: float = Field(
         1.0, gt=0, description="Inverse L2 strength (C) of the logistic-regression probes."
     )
