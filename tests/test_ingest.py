@@ -197,7 +197,7 @@ def test_corrupt_or_truncated_file_is_named(tmp_path: Path) -> None:
     garbage = tmp_path / "other" / "garbage.jsonl"
     garbage.parent.mkdir()
     garbage.write_text('{"id": "1", "text": "x"}\n{"id": 2, "te')
-    with pytest.raises(IngestError, match=r"garbage\.jsonl: cannot read as jsonl"):
+    with pytest.raises(IngestError, match=r"garbage\.jsonl: line 2 is not valid JSON"):
         prepare_dataset(plain_config(garbage, label_column=None))
 
 

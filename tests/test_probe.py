@@ -84,7 +84,10 @@ def test_probe_scores_every_layer_and_pooling_and_reports_the_best(
     chance = metrics["chance_accuracy"]
     # A linear probe reads spam from MiniLM features; on shuffled labels it can only guess.
     assert metrics["best_accuracy"] >= 0.85 > chance + 0.15
-    assert abs(table["control_accuracy"].mean() - chance) <= 0.1
+    # Guessing by the class shares scores the sum of their squares (two labels here); always
+    # answering the majority scores `chance`: a probe of shuffled labels lands between the two.
+    guess = chance**2 + (1 - chance) ** 2
+    assert guess - 0.1 <= table["control_accuracy"].mean() <= chance + 0.05
     assert (table["control_accuracy"] <= chance + 0.1).all()
     assert metrics["best"] in EVERY_CHOICE and metrics["default"] == "layer 5 cls"
     assert metrics["default_gap"] >= 0
