@@ -259,11 +259,12 @@ def round_ratios(index: int, runs: dict[str, Run], st_name: str) -> str:
 def short_texts(texts: list[str], count: int, words: int) -> tuple[list[int], list[str]]:
     """Short texts from mails (`subject\n\nbody`) and the mails they come from: the body's first
     sentence, cut to `words` words, of every third mail (the corpus is ordered by folder, so this
-    spans ham and spam). Measured: ~30 tokens mean with [CLS] and [SEP] at 16 words, like
-    titles, queries or tweets."""
+    spans ham and spam; every mail when there are too few). Measured: ~30 tokens mean with [CLS]
+    and [SEP] at 16 words, like titles, queries or tweets."""
     sentence_end = re.compile(r"(.{20,}?[.!?])(\s|$)")
     positions, picked = [], []
-    for position in range(0, len(texts), 3):
+    stride = max(1, min(3, len(texts) // count))  # fewer mails (--limit): take more of them
+    for position in range(0, len(texts), stride):
         text = texts[position]
         body = " ".join((text.split("\n\n", 1)[1] if "\n\n" in text else text).split())
         match = sentence_end.match(body)
@@ -782,8 +783,9 @@ def peer_sections(
         "(INFERENCE_PRECISION_HINT). All exported offline from the local weights into "
         f".cache/bench-peer-models. Batch {BATCH} for every engine, {THREADS} threads. "
         f"Short corpus: {references['short'].texts} texts, the first sentence of the body of "
-        f"every third mail cut to {args.short_words} words. Both corpora ran in the same "
-        f"{args.rounds} interleaved round(s); the tables keep each run's fastest round. Ratios are "
+        f"every third mail (every mail with --limit) cut to {args.short_words} words. Both "
+        f"corpora ran in the same {args.rounds} interleaved round(s); the tables keep each "
+        "run's fastest round. Ratios are "
         "steady state (engines: the encode work alone; flows: shard compute time over the "
         "workers). Cosine to sentence-transformers torch fp32 on the same texts. Fixed cost: "
         f"one batch of {BATCH} one-token texts, best of 20 (engines only).",
