@@ -66,6 +66,19 @@ $(ST_ENV)/.installed:
 		torch==2.13.0 numpy
 	touch $@
 
+# sentence-transformers' ONNX Runtime and OpenVINO backends, for bench-embed only: its own
+# environment, never .venv. sentence-transformers 5.1 with transformers 4.57 is what optimum-onnx
+# and optimum-intel support; torch first and pinned for the same reason as ST_ENV. Versions as
+# installed on 2026-12-02; the exports of the local weights go to .cache/bench-peer-models.
+ORT_ENV := .cache/bench-ort-env
+$(ORT_ENV)/.installed:
+	python3 -m venv $(ORT_ENV)
+	$(ORT_ENV)/bin/pip install --quiet torch==2.13.0
+	$(ORT_ENV)/bin/pip install --quiet sentence-transformers==5.1.2 transformers==4.57.6 \
+		torch==2.13.0 numpy "optimum-onnx[onnxruntime]==0.1.0" "optimum-intel[openvino]==1.27.0" \
+		optimum==2.1.0 onnxruntime==1.32.0 onnx==1.23.2 openvino==2026.4.1 nncf==3.4.0
+	touch $@
+
 # TensorFlow Model Garden's exporter, for tests/fixtures/hub_pair only: it pins TensorFlow 2.20, so
 # it gets its own environment, never .venv.
 TFM_ENV := .cache/tf-models-env
@@ -77,8 +90,10 @@ $(TFM_ENV)/.installed:
 hub-fixture: $(INSTALLED) $(TFM_ENV)/.installed
 	$(TFM_ENV)/bin/python tests/fixtures/make_hub_pair.py $(ARGS)
 
-bench-embed: $(INSTALLED) $(ST_ENV)/.installed
-	$(PY) -m benchmarks.bench_embed --st-python $(ST_ENV)/bin/python $(ARGS)
+# ARGS=--quick: a smoke run of every engine on small slices (a few minutes; writes no section).
+bench-embed: $(INSTALLED) $(ST_ENV)/.installed $(ORT_ENV)/.installed
+	$(PY) -m benchmarks.bench_embed --st-python $(ST_ENV)/bin/python \
+		--peer-python $(ORT_ENV)/bin/python $(ARGS)
 
 bench-cluster: $(INSTALLED)
 	$(PY) -m benchmarks.bench_cluster $(ARGS)
