@@ -380,10 +380,15 @@ def _writer_tag() -> str:
 def _writer_gone(folder_name: str) -> bool:
     """Whether the writer a folder's `_writer_tag` names ran on this host and has exited."""
     parts = folder_name.rsplit("-", 3)
-    if len(parts) != 4 or parts[1] != _HOST or not parts[2].isdigit():
+    return len(parts) == 4 and parts[1] == _HOST and local_process_gone(parts[2])
+
+
+def local_process_gone(pid: str) -> bool:
+    """Whether no process `pid` (digits) runs on this host; unknown (False) when not digits."""
+    if not pid.isdigit():
         return False
     try:
-        os.kill(int(parts[2]), 0)
+        os.kill(int(pid), 0)
     except ProcessLookupError:
         return True
     except PermissionError:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import socket
 
+from penultimate.artifacts import local_process_gone
+
 OWNER_TAG = "penultimate-cli"
 _PID_TAG_PREFIX = "pid:"
 
@@ -21,14 +23,7 @@ def _process_gone(tags: list[str]) -> bool:
     for tag in tags:
         if tag.startswith(_PID_TAG_PREFIX):
             host, _, pid = tag.removeprefix(_PID_TAG_PREFIX).rpartition(":")
-            if host != socket.gethostname() or not pid.isdigit():
-                return False
-            try:
-                os.kill(int(pid), 0)
-            except ProcessLookupError:
-                return True
-            except PermissionError:
-                return False
+            return host == socket.gethostname() and local_process_gone(pid)
     return False
 
 
