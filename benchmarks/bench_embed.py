@@ -40,7 +40,7 @@ from penultimate.embed import (
 from penultimate.embeddings import embedding_shard_files, read_embeddings
 from penultimate.encoders.pair import EncoderPair
 from penultimate.encoders.sources import resolve_weights_folder
-from penultimate.features import LoadedEncoder, length_sorted_batches
+from penultimate.features import LoadedEncoder, count_tokens, length_sorted_batches
 from penultimate.ingest import dataset_shards, read_dataset
 from penultimate.prefect_server import start_local_server, stop_local_server
 from penultimate.stages import EMBEDDING_SHARD_STAGE
@@ -388,12 +388,17 @@ def flops_per_text(tokens: float, length: float) -> float:
     return layers * tokens * (2 * (4 * hidden * hidden + 2 * hidden * inner) + 4 * length * hidden)
 
 
+def project_batches(loaded: LoadedEncoder, texts: list[str], batch_size: int) -> list[np.ndarray]:
+    """The batches the project's encoder pass runs: sorted by token count."""
+    return length_sorted_batches(count_tokens(loaded.preprocessor, texts), batch_size)
+
+
 def token_counts(loaded: LoadedEncoder, texts: list[str], batch_size: int) -> dict[str, int]:
     """Tokens the encoder sees with length-sorted dynamic padding, vs useful and fixed-128."""
     import tensorflow as tf  # after penultimate, which selects tf-keras
 
     padded = useful = 0
-    for index in length_sorted_batches([len(t) for t in texts], batch_size):
+    for index in project_batches(loaded, texts, batch_size):
         mask = loaded.tokenize([texts[i] for i in index])["input_mask"]
         padded += int(mask.shape[0] * mask.shape[1])
         useful += int(tf.reduce_sum(mask))
@@ -406,11 +411,11 @@ def profile(loaded: LoadedEncoder, texts: list[str], batch_size: int) -> dict[st
 
     batches = [
         loaded.tokenize([texts[i] for i in index])
-        for index in length_sorted_batches([len(t) for t in texts], batch_size)
+        for index in project_batches(loaded, texts, batch_size)
     ]
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    for index in length_sorted_batches([len(t) for t in texts], batch_size):
+    for index in project_batches(loaded, texts, batch_size):
         loaded.tokenize([texts[i] for i in index])
     timings["tokenize"] = time.perf_counter() - started
     for precision in ("float32", "bfloat16"):

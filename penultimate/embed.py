@@ -27,8 +27,8 @@ from penultimate.features import (
     ChoiceEncoder,
     LoadedEncoder,
     batched_inference,
+    count_tokens,
     ensure_shard_features,
-    token_counts,
 )
 from penultimate.shard_features import (
     PENULTIMATE_BLOCK,
@@ -257,18 +257,15 @@ class ExportedEmbedder:
 
     def _run_batch(self, texts: list[str]) -> dict[str, Any]:
         batch = tf.constant(texts)
-        counts = token_counts(self.preprocessor.tokenize(batch)) + 2  # plus [CLS] and [SEP]
         if self.choice.source == EmbedSource.penultimate:
-            outputs = {"embedding": self.model.signatures["embed"](text=batch)["embedding"]}
-        else:
-            encoded = self.model.signatures["encode"](text=batch)
-            outputs = {name: encoded[name] for name in self.names}
-        return {**outputs, "tokens": counts}
+            return {"embedding": self.model.signatures["embed"](text=batch)["embedding"]}
+        encoded = self.model.signatures["encode"](text=batch)
+        return {name: encoded[name] for name in self.names}
 
     def embed_with_tokens(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """The embeddings [n, dim] and token counts [n] of `texts`."""
-        results = batched_inference(texts, self._run_batch, self.batch_size, "embedding")
-        tokens = results.pop("tokens").astype(np.int32)
+        tokens = count_tokens(self.preprocessor, texts)
+        results = batched_inference(texts, self._run_batch, self.batch_size, "embedding", tokens)
         if self.choice.source == EmbedSource.penultimate:
             vectors = results["embedding"]
             vectors = l2_normalize(vectors) if self.choice.normalize else vectors

@@ -30,6 +30,7 @@ from penultimate.evaluation import classification_metrics, plot_confusion_matrix
 from penultimate.features import (
     LoadedEncoder,
     batched_inference,
+    count_tokens,
     length_sorted_batches,
     load_encoder,
 )
@@ -199,7 +200,7 @@ def token_batches(
     seed: int | None,
 ) -> tf.data.Dataset:
     """Batches of encoder inputs padded to their own longest text; shuffled per epoch if seeded."""
-    lengths = [len(t) for t in texts]
+    lengths = count_tokens(loaded.preprocessor, texts)
     epoch = [0]
 
     def generate() -> Iterator[tuple[dict[str, tf.Tensor], np.ndarray]]:
@@ -341,6 +342,7 @@ def predict_logits(
         lambda batch: {"logits": model(loaded.tokenize(batch), training=False)},
         64,
         "predicting",
+        count_tokens(loaded.preprocessor, texts),
     )["logits"]
 
 
