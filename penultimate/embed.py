@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import tensorflow as tf
 
 from penultimate.artifacts import ArtifactRef, ArtifactStore
-from penultimate.config import EmbeddingChoice, EmbedSource, Precision
+from penultimate.config import EmbeddingChoice, EmbedSource, LongText, Precision
 from penultimate.embeddings import embeddings_table
 from penultimate.features import (
     ChoiceEncoder,
@@ -32,12 +32,15 @@ from penultimate.features import (
 )
 from penultimate.shard_features import (
     PENULTIMATE_BLOCK,
+    EncoderPass,
     ShardError,
     choices_needed,
+    chunking_through_export,
     embedding_from_choices,
     encoder_choice_names,
     frozen_classifier_parts,
     l2_normalize,
+    long_text_counts,
     read_features,
     read_shard,
     side_by_side,
@@ -137,7 +140,7 @@ class EncoderEmbedder:
         if choice.source == EmbedSource.all_choices:
             dim = loaded.info.hidden_size
             self.choice_blocks = [{"name": n, "dim": dim} for n in self.names]
-        self.encoder = ChoiceEncoder(loaded, self.names, choice.precision)
+        self.encoder = ChoiceEncoder(loaded, self.names, EncoderPass.of(choice))
         self._run = self.encoder.run
         self.embed([""])  # traces and optimises the graph now: a shard's rate is embedding only
 
@@ -209,7 +212,7 @@ class FeatureEmbedder:
             shard,
             shard_sha256,
             self.feature_names,
-            self.choice.precision,
+            EncoderPass.of(self.choice),
             self.batch_size,
         )
         _, tokens, features = read_features(ref, self.feature_names, frame["id"])
@@ -240,6 +243,8 @@ class ExportedEmbedder:
     the store."""
 
     def __init__(self, saved_model: str | Path, choice: EmbeddingChoice, batch_size: int = 64):
+        if choice.long_text == LongText.chunk:
+            raise chunking_through_export(saved_model)
         self.model = load_export(str(saved_model))
         self.preprocessor = self.model.preprocessor
         self.seq_length = int(self.model.seq_length.numpy())
@@ -307,7 +312,7 @@ def extract_shard_embeddings(
     return {
         "rows": frame.height,
         "dim": int(result.vectors.shape[1]),
-        "truncated": int((result.tokens > embedder.seq_length).sum()),
+        **long_text_counts(result.tokens, embedder.seq_length, EncoderPass.of(choice)),
         "encoded_texts": result.encoded_texts,
         "features": result.features,
         "texts_per_s": round(frame.height / seconds, 1) if seconds > 0 else 0.0,

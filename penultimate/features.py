@@ -21,13 +21,17 @@ from penultimate.encoders.pair import EncoderInfo, EncoderPair
 from penultimate.errors import InputError
 from penultimate.pooling import cls_token, masked_max, masked_mean
 from penultimate.shard_features import (
+    DEFAULT_PASS,
     FEATURES_FILE,
+    EncoderPass,
     covering_features,
     encoder_choice_names,
     every_choice_features,
     features_key,
+    long_text_counts,
     read_features,
     read_shard,
+    window_counts,
     write_features,
 )
 from penultimate.stages import FEATURES_STAGE
@@ -102,6 +106,44 @@ def pack_to_longest(preprocessor: Any, texts: tf.Tensor, seq_length: int) -> dic
     return preprocessor.bert_pack_inputs([tokens], seq_length=tf.minimum(longest, seq_length))
 
 
+def token_windows(
+    tokens: tf.RaggedTensor, window: int, stride: int
+) -> tuple[tf.RaggedTensor, tf.Tensor]:
+    """[batch, (tokens)] wordpieces -> windows of at most `window` tokens starting every `stride`
+    tokens, enough to cover each row (one, maybe empty, for a row that fits), as
+    [windows, (tokens)]; and the row each window came from (int64 [windows])."""
+    lengths = tokens.row_lengths()
+    counts = 1 + tf.maximum(lengths - window + stride - 1, 0) // stride
+    owner = tf.repeat(tf.range(tf.size(lengths, out_type=tf.int64)), counts)
+    starts = tf.gather(tokens.row_starts(), owner) + tf.ragged.range(counts).flat_values * stride
+    ends = tf.minimum(starts + window, tf.gather(tokens.row_limits(), owner))
+    return tf.gather(tokens.flat_values, tf.ragged.range(starts, ends)), owner
+
+
+def pack_windows(
+    preprocessor: Any, texts: tf.Tensor, seq_length: int, stride: int
+) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
+    """Encoder inputs for every window of [batch] strings (see `token_windows`), padded to the
+    longest window, and the text each window came from (int64 [windows])."""
+    tokens = preprocessor.tokenize(texts)
+    flat = tokens.merge_dims(1, -1) if tokens.ragged_rank > 1 else tokens
+    windows, owner = token_windows(flat, seq_length - 2, stride)
+    # One "word" per window: the [batch, (words), (wordpieces)] form every TF-Hub
+    # preprocessor's bert_pack_inputs accepts.
+    as_words = tf.RaggedTensor.from_row_lengths(windows, tf.ones_like(owner))
+    longest = tf.cast(tf.reduce_max(windows.row_lengths()), tf.int32) + 2
+    return preprocessor.bert_pack_inputs([as_words], seq_length=longest), owner
+
+
+def token_weighted_mean(
+    vectors: tf.Tensor, weights: tf.Tensor, owner: tf.Tensor, rows: tf.Tensor
+) -> tf.Tensor:
+    """Per-window vectors [windows, dim] -> per-text means [rows, dim], each window weighted
+    by its tokens, so a short last window counts for what it holds."""
+    weighted = tf.math.unsorted_segment_sum(vectors * weights[:, None], owner, rows)
+    return weighted / tf.math.unsorted_segment_sum(weights, owner, rows)[:, None]
+
+
 def count_tokens(preprocessor: Any, texts: Sequence[str], batch_size: int = 1024) -> np.ndarray:
     """Each text's tokens with [CLS] and [SEP], before truncation (int32 [n]). One tokenizer pass
     costs about 1% of an encoder pass, and sorting batches by these counts instead of characters
@@ -163,10 +205,22 @@ def load_encoder(pair: EncoderPair) -> LoadedEncoder:
     return LoadedEncoder.load(pair)
 
 
-def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
-    """Index batches of similar lengths, so padding costs little; longest first to fail fast."""
+def length_sorted_batches(
+    lengths: Sequence[int], batch_size: int, rows: Sequence[int] | None = None
+) -> list[np.ndarray]:
+    """Index batches of similar lengths, so padding costs little; longest first to fail fast.
+    With `rows` (the encoder rows each item becomes, e.g. its windows), a batch holds at most
+    `batch_size` rows, or one item that alone has more."""
     order = np.argsort(-np.asarray(lengths), kind="stable")
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if rows is None:
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    batches, start, filled = [], 0, 0
+    for position, item in enumerate(order):
+        if filled and filled + rows[item] > batch_size:
+            batches.append(order[start:position])
+            start, filled = position, 0
+        filled += rows[item]
+    return [*batches, order[start:]] if len(order) else batches
 
 
 def batched_inference(
@@ -175,17 +229,19 @@ def batched_inference(
     batch_size: int,
     desc: str = "encoding",
     lengths: Sequence[int] | None = None,
+    rows: Sequence[int] | None = None,
 ) -> dict[str, np.ndarray]:
     """`run_batch` (a batch of texts -> named arrays [batch, ...]) over length-sorted batches of
     `texts`, every output put back in input order as [len(texts), ...]; the one inference loop of
     encoders, exported models and classifiers. `lengths` orders the batches (token counts, see
-    `count_tokens`; characters when None). A terminal shows its progress as `desc`."""
+    `count_tokens`; characters when None), `rows` sizes them (see `length_sorted_batches`). A
+    terminal shows its progress as `desc`."""
     if not texts:
         raise ValueError("no texts to run")
     order_by = [len(t) for t in texts] if lengths is None else lengths
     results: dict[str, np.ndarray] = {}
     with progress_bar(len(texts), desc, "text") as bar:
-        for index in length_sorted_batches(order_by, batch_size):
+        for index in length_sorted_batches(order_by, batch_size, rows):
             for name, value in run_batch([texts[i] for i in index]).items():
                 array = np.asarray(value)
                 if name not in results:
@@ -203,7 +259,8 @@ class ChoiceEncoder:
     Args:
         loaded: the preprocessor and encoder.
         names: the vectors to compute (see `encoder_choice_names`).
-        precision: the encoder's matmul precision.
+        encoder_pass: the matmul precision, and whether long texts are cut or chunked; a chunked
+            text's vector is the token-weighted mean of its windows' vectors.
 
     Example:
         >>> vectors, tokens = choice_encoder(pair, ("layer_5_mean",)).encode(["a text", "more"])
@@ -211,38 +268,54 @@ class ChoiceEncoder:
     """
 
     def __init__(
-        self, loaded: LoadedEncoder, names: Sequence[str], precision: Precision = Precision.float32
+        self, loaded: LoadedEncoder, names: Sequence[str], encoder_pass: EncoderPass = DEFAULT_PASS
     ) -> None:
-        self.loaded, self.names = loaded, list(names)
-        encoder = loaded.inference(precision)
+        self.loaded, self.names, self.encoder_pass = loaded, list(names), encoder_pass
+        encoder = loaded.inference(encoder_pass.precision)
         seq_length = loaded.info.seq_length
+        self.stride = encoder_pass.stride(seq_length)
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
         def run(texts: tf.Tensor) -> dict[str, tf.Tensor]:
             inputs = pack_to_longest(loaded.preprocessor, texts, seq_length)
             return selected_choices(encoder(inputs), inputs["input_mask"], self.names)
 
-        self.run = run
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+        def run_windows(texts: tf.Tensor) -> dict[str, tf.Tensor]:
+            inputs, owner = pack_windows(loaded.preprocessor, texts, seq_length, self.stride)
+            mask = inputs["input_mask"]
+            weights = tf.cast(tf.reduce_sum(mask, axis=1), tf.float32)
+            rows = tf.shape(texts, out_type=tf.int64)[0]
+            return {
+                name: token_weighted_mean(vectors, weights, owner, rows)
+                for name, vectors in selected_choices(encoder(inputs), mask, self.names).items()
+            }
+
+        self.run = run_windows if encoder_pass.chunks else run
 
     def encode(
         self, texts: Sequence[str], batch_size: int = 64, desc: str = "encoding"
     ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """The named vectors (float32 [n, dim] each) and token counts (int32 [n]) of `texts`."""
+        """The named vectors (float32 [n, dim] each) and token counts (int32 [n]) of `texts`;
+        with chunking, a batch holds at most `batch_size` windows."""
         tokens = count_tokens(self.loaded.preprocessor, texts)
         if not texts:
             return {k: v.numpy()[:0] for k, v in self.run(tf.constant([""])).items()}, tokens
+        rows = None
+        if self.encoder_pass.chunks:
+            rows = window_counts(tokens, self.loaded.info.seq_length, self.stride)
         vectors = batched_inference(
-            texts, lambda batch: self.run(tf.constant(batch)), batch_size, desc, tokens
+            texts, lambda batch: self.run(tf.constant(batch)), batch_size, desc, tokens, rows
         )
         return vectors, tokens
 
 
 @functools.lru_cache(maxsize=8)
 def choice_encoder(
-    pair: EncoderPair, names: tuple[str, ...], precision: Precision = Precision.float32
+    pair: EncoderPair, names: tuple[str, ...], encoder_pass: EncoderPass = DEFAULT_PASS
 ) -> ChoiceEncoder:
-    """The `ChoiceEncoder` of an encoder artifact, names and precision, built once per process."""
-    return ChoiceEncoder(load_encoder(pair), names, precision)
+    """The `ChoiceEncoder` of an encoder artifact, names and pass, built once per process."""
+    return ChoiceEncoder(load_encoder(pair), names, encoder_pass)
 
 
 def fill_shard_features(
@@ -252,7 +325,7 @@ def fill_shard_features(
     shard: Path,
     shard_sha256: str,
     names: Sequence[str],
-    precision: Precision = Precision.float32,
+    encoder_pass: EncoderPass = DEFAULT_PASS,
     batch_size: int = 64,
 ) -> dict[str, Any]:
     """Write the `names` features of every row of a dataset shard into `out` (a features
@@ -262,13 +335,12 @@ def fill_shard_features(
     info = pair.read_info()
     started = time.perf_counter()
     frame = read_shard(shard)
-    every = every_choice_features(store, encoder, shard_sha256, str(precision))
+    every = every_choice_features(store, encoder, shard_sha256, encoder_pass)
     if every is not None:
         _, tokens, vectors = read_features(every, names)
         encoded, copied_from = 0, every.key
     else:
-        encoder_pass = choice_encoder(pair, tuple(names), precision)
-        vectors, tokens = encoder_pass.encode(
+        vectors, tokens = choice_encoder(pair, tuple(names), encoder_pass).encode(
             frame["text"].to_list(), batch_size, f"encoding {shard.name}"
         )
         encoded, copied_from = frame.height, None
@@ -280,7 +352,7 @@ def fill_shard_features(
         "copied_from": copied_from,
         "choices": list(names),
         "seq_length": info.seq_length,
-        "truncated": int((tokens > info.seq_length).sum()),
+        **long_text_counts(tokens, info.seq_length, encoder_pass),
         "texts_per_s": round(frame.height / seconds, 1) if seconds > 0 else 0.0,
         "source_shard": store.relative(shard),
     }
@@ -292,22 +364,22 @@ def ensure_shard_features(
     shard: Path,
     shard_sha256: str,
     names: Sequence[str],
-    precision: Precision = Precision.float32,
+    encoder_pass: EncoderPass = DEFAULT_PASS,
     batch_size: int = 64,
 ) -> tuple[ArtifactRef, int]:
     """A complete features artifact of `encoder` holding `names` for every row of a dataset
     shard, and how many texts went through the encoder for it: 0 when the store had one (see
     `covering_features`), else the shard's rows, encoded once and published."""
     num_layers = EncoderPair(encoder.path).read_info().num_layers
-    found = covering_features(store, encoder, shard_sha256, names, str(precision), num_layers)
+    found = covering_features(store, encoder, shard_sha256, names, encoder_pass, num_layers)
     if found is not None:
         return found, 0
-    key = features_key(names, shard_sha256, str(precision), num_layers)
+    key = features_key(names, shard_sha256, encoder_pass, num_layers)
     ref, manifest = store.publish(
         FEATURES_STAGE,
         key,
         lambda out: fill_shard_features(
-            out, store, encoder, shard, shard_sha256, names, precision, batch_size
+            out, store, encoder, shard, shard_sha256, names, encoder_pass, batch_size
         ),
         [encoder],
     )

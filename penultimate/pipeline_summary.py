@@ -10,6 +10,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from penultimate.artifacts import ArtifactRef, ArtifactStore
+from penultimate.shard_features import long_text_summary
 from penultimate.ui import file_url, inline_png
 
 # The plots the summary shows inline, by pipeline stage.
@@ -68,9 +69,12 @@ def headline(stage: str, metrics: Mapping) -> str:
         return f"{metrics.get('rows')} vectors of dim {metrics.get('dim')}"
     if stage == "embeddings":
         reused = "" if metrics.get("encoded_texts") else " (from cached features, no encoder pass)"
-        truncated = metrics.get("truncated")
-        cut = f"; {truncated} texts cut at the encoder's sequence length" if truncated else ""
-        return f"{metrics.get('rows')} vectors of dim {metrics.get('dim')}{reused}{cut}"
+        long = (
+            f"; {long_text_summary(metrics)}"
+            if metrics.get("truncated", 0) or metrics.get("chunked")
+            else ""
+        )
+        return f"{metrics.get('rows')} vectors of dim {metrics.get('dim')}{reused}{long}"
     if stage == "clusters":
         numbers = ("silhouette", "ari", "nmi", "purity")
         scores = ", ".join(f"{n} {metrics[n]:.3f}" for n in numbers if n in metrics)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import polars as pl
@@ -18,7 +18,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from penultimate.artifacts import ArtifactRef, ArtifactStore
-from penultimate.config import EmbeddingChoice, EmbedSource, LayerCombine, Pooling
+from penultimate.config import (
+    EmbeddingChoice,
+    EmbedSource,
+    LayerCombine,
+    LongText,
+    Pooling,
+    Precision,
+)
+from penultimate.encoders.pair import encoder_layers
 from penultimate.errors import InputError
 from penultimate.stages import CLASSIFIER_STAGE, ENCODER_STAGE, FEATURES_STAGE
 
@@ -32,6 +40,55 @@ PENULTIMATE_BLOCK = "penultimate"
 
 class ShardError(InputError):
     """A shard that cannot be read or embedded; the message names the file."""
+
+
+class EncoderPass(NamedTuple):
+    """How texts go through the encoder for a features artifact: the matmul precision, and
+    whether texts longer than the encoder's seq_length are cut or embedded window by window
+    (`chunk_stride` tokens apart; None = back to back)."""
+
+    precision: Precision = Precision.float32
+    long_text: LongText = LongText.truncate
+    chunk_stride: int | None = None
+
+    @classmethod
+    def of(cls, choice: EmbeddingChoice) -> EncoderPass:
+        return cls(choice.precision, choice.long_text, choice.chunk_stride)
+
+    @property
+    def chunks(self) -> bool:
+        return self.long_text == LongText.chunk
+
+    def stride(self, seq_length: int) -> int:
+        """Tokens between window starts for an encoder of `seq_length` (window = seq_length - 2,
+        room for [CLS] and [SEP])."""
+        window = seq_length - 2
+        if self.chunk_stride is not None and self.chunk_stride > window:
+            raise InputError(
+                f"embedding.chunk_stride: {self.chunk_stride} is more than a window "
+                f"({window} tokens at seq_length {seq_length}): tokens between windows would "
+                "be skipped"
+            )
+        return window if self.chunk_stride is None else self.chunk_stride
+
+    def key(self) -> dict[str, str]:
+        """The part of a features artifact's key this pass fixes (truncation adds nothing, so
+        keys made before chunking existed stay valid)."""
+        key = {"precision": str(self.precision)}
+        if self.chunks:
+            key["long_text"] = f"chunk, stride {self.chunk_stride or 'one window'}"
+        return key
+
+
+# Float32, long texts cut: what every pass is unless its embedding choice says otherwise.
+DEFAULT_PASS = EncoderPass()
+
+
+def window_counts(tokens: np.ndarray, seq_length: int, stride: int) -> np.ndarray:
+    """Windows `long_text: chunk` embeds per text, from its tokens with [CLS] and [SEP]
+    (int [n]): one up to `seq_length`, then one more per `stride` tokens beyond."""
+    beyond = np.maximum(np.asarray(tokens) - seq_length, 0)
+    return 1 + (beyond + stride - 1) // stride
 
 
 def encoder_choice_names(num_layers: int) -> list[str]:
@@ -101,15 +158,34 @@ def side_by_side(vectors: Mapping[str, np.ndarray], names: Sequence[str]) -> np.
     return np.concatenate([vectors[n] for n in names], axis=1)
 
 
+def long_text_counts(
+    tokens: np.ndarray, seq_length: int, encoder_pass: EncoderPass
+) -> dict[str, int]:
+    """How many texts were longer than `seq_length` and so cut (`truncated`) or embedded window
+    by window (`chunked`, in `windows` windows in all)."""
+    longer = int((np.asarray(tokens) > seq_length).sum())
+    if not encoder_pass.chunks:
+        return {"truncated": longer}
+    windows = window_counts(tokens, seq_length, encoder_pass.stride(seq_length))
+    return {"truncated": 0, "chunked": longer, "windows": int(windows.sum())}
+
+
+def long_text_summary(metrics: Mapping[str, Any]) -> str:
+    """`long_text_counts` in words, e.g. "12 texts cut at the encoder's sequence length"."""
+    if "chunked" in metrics:
+        return f"{metrics['chunked']} long texts chunked, {metrics['windows']} windows in all"
+    return f"{metrics['truncated']} texts cut at the encoder's sequence length"
+
+
 def features_key(
-    names: Sequence[str] | None, shard_sha256: str, precision: str, num_layers: int
+    names: Sequence[str] | None, shard_sha256: str, encoder_pass: EncoderPass, num_layers: int
 ) -> dict[str, str]:
     """The key config of a features artifact: which vectors (None or all of them = every choice
-    of an encoder with `num_layers` layers), of which shard's content, at which encoder precision
+    of an encoder with `num_layers` layers), of which shard's content, from which encoder pass
     (the encoder is an input)."""
     every = names is None or set(names) >= set(encoder_choice_names(num_layers))
     chosen = ALL_CHOICES if every else ",".join(sorted(set(names or ())))
-    return {"choices": chosen, "shard": shard_sha256, "precision": precision}
+    return {"choices": chosen, "shard": shard_sha256, **encoder_pass.key()}
 
 
 def covering_features(
@@ -117,23 +193,24 @@ def covering_features(
     encoder: ArtifactRef,
     shard_sha256: str,
     names: Sequence[str],
-    precision: str,
+    encoder_pass: EncoderPass,
     num_layers: int,
 ) -> ArtifactRef | None:
     """A complete features artifact of this encoder and shard that holds every vector in `names`:
     the one for exactly these names, else the every-choice one (a probe's), else None."""
-    key = features_key(names, shard_sha256, precision, num_layers)
+    key = features_key(names, shard_sha256, encoder_pass, num_layers)
     ref = store.ref_for(FEATURES_STAGE, key, [encoder])
     if store.validate(ref) is not None:
         return ref
-    return every_choice_features(store, encoder, shard_sha256, precision)
+    return every_choice_features(store, encoder, shard_sha256, encoder_pass)
 
 
 def every_choice_features(
-    store: ArtifactStore, encoder: ArtifactRef, shard_sha256: str, precision: str
+    store: ArtifactStore, encoder: ArtifactRef, shard_sha256: str, encoder_pass: EncoderPass
 ) -> ArtifactRef | None:
-    """The complete every-choice features artifact of this encoder and shard, if any."""
-    ref = store.ref_for(FEATURES_STAGE, features_key(None, shard_sha256, precision, 0), [encoder])
+    """The complete every-choice features artifact of this encoder, shard and pass, if any."""
+    key = features_key(None, shard_sha256, encoder_pass, 0)
+    ref = store.ref_for(FEATURES_STAGE, key, [encoder])
     return ref if store.validate(ref) is not None else None
 
 
@@ -193,6 +270,32 @@ def read_features(
     if rows is None:
         return ShardFeatures(stored, tokens, vectors)
     return ShardFeatures(ids.to_list(), tokens[rows], vectors)  # type: ignore[union-attr]
+
+
+def chunking_through_export(export: object) -> InputError:
+    """The error for `long_text: chunk` on an export that embeds through its own pass."""
+    return InputError(
+        "embedding.long_text: chunk runs an encoder artifact window by window, but "
+        f"{export} embeds through its own encoder (fine-tuned, or its encoder artifact is not "
+        "in the store), one window per text: use long_text: truncate"
+    )
+
+
+def check_choice_for_model(
+    store: ArtifactStore, model: ArtifactRef, choice: EmbeddingChoice
+) -> None:
+    """Fail before any compute on a choice `model` (an encoder or export artifact) cannot give:
+    layers outside its encoder, a chunk stride over its window, or chunking an export that
+    embeds through its own pass."""
+    manifest = store.read_manifest(model)
+    choice.check_layers(encoder_layers(manifest))
+    if choice.long_text != LongText.chunk:
+        return
+    assert manifest is not None  # encoder_layers rejects a missing one
+    info = manifest.metrics["encoder"] if manifest.stage == "export" else manifest.metrics
+    EncoderPass.of(choice).stride(int(info["seq_length"]))
+    if manifest.stage == "export" and frozen_classifier_parts(store, model) is None:
+        raise chunking_through_export(model.uri)
 
 
 def frozen_classifier_parts(

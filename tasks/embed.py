@@ -12,7 +12,8 @@ from typing import Any
 from prefect import get_run_logger
 
 from penultimate.artifacts import ArtifactRef, ArtifactStore
-from penultimate.config import EmbedConfig
+from penultimate.config import EmbedConfig, LongText
+from penultimate.shard_features import long_text_summary
 from penultimate.stages import EMBEDDING_SHARD_STAGE, EMBEDDINGS_STAGE
 from tasks.caching import artifact_task
 
@@ -55,14 +56,14 @@ def embed_shard(
     )
     peak_mb = peak_memory_mb()
     get_run_logger().info(
-        "%s: %d rows at %.1f texts/s (%d through the encoder), dim %d, %d truncated, "
+        "%s: %d rows at %.1f texts/s (%d through the encoder), dim %d, %s, "
         "worker peak memory %d MB",
         Path(shard).name,
         stats["rows"],
         stats["texts_per_s"],
         stats["encoded_texts"],
         stats["dim"],
-        stats["truncated"],
+        long_text_summary(stats),
         peak_mb,
     )
     return {
@@ -97,6 +98,11 @@ def collect_embeddings(
     return {
         "rows": sum(s["rows"] for s in stats),
         "truncated": sum(s["truncated"] for s in stats),
+        **{
+            name: sum(s[name] for s in stats)
+            for name in ("chunked", "windows")
+            if config.embedding.long_text == LongText.chunk
+        },
         "encoded_texts": sum(s["encoded_texts"] for s in stats),
         "dim": dims.pop() if len(dims) == 1 else None,
         "choice_blocks": next((s["choice_blocks"] for s in stats if s["rows"]), None),

@@ -18,7 +18,7 @@ from penultimate.config import TrainConfig
 from penultimate.encoders.pair import EncoderPair
 from penultimate.errors import InputError
 from penultimate.ingest import read_dataset
-from penultimate.shard_features import features_key, pooling_names
+from penultimate.shard_features import DEFAULT_PASS, features_key, pooling_names
 from penultimate.stages import CLASSIFIER_STAGE, FEATURES_STAGE
 from tasks.caching import artifact_task
 
@@ -51,7 +51,7 @@ def check_training_inputs(
 
 def features_identity(params: Mapping[str, Any]) -> tuple[dict[str, str], list[ArtifactRef]]:
     info = EncoderPair(params["encoder"].path).read_info()
-    key = features_key(params["names"], params["shard_sha256"], "float32", info.num_layers)
+    key = features_key(params["names"], params["shard_sha256"], DEFAULT_PASS, info.num_layers)
     return key, [params["encoder"]]
 
 

@@ -28,14 +28,18 @@ from penultimate.artifacts import ArtifactRef, ArtifactStore
 from penultimate.config import (
     ClusterConfig,
     EmbedConfig,
+    EmbeddingChoice,
     EncoderConfig,
     IngestConfig,
     ProbeConfig,
     TrainConfig,
 )
 from penultimate.embeddings import embedding_shard_files, read_embeddings
+from penultimate.encoders.pair import EncoderPair
 from penultimate.encoders.sources import HubPairError, resolve_handle
-from penultimate.features import encoder_choice_names
+from penultimate.errors import InputError
+from penultimate.features import ChoiceEncoder, LoadedEncoder, encoder_choice_names
+from penultimate.shard_features import EncoderPass, check_choice_for_model
 from tasks.encoder import build_encoder
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -147,6 +151,10 @@ def test_export_of_the_fine_tuned_pair_verifies_and_serves(
     long_text = tf.constant(["word " * 500])
     assert saved.signatures["encode"](text=long_text)["layer_1_mean"].shape == (1, 64)
     assert saved.signatures["embed"](text=long_text)["embedding"].shape == (1, 16)
+    # Its encoder trained: chunking would need the export to window texts, so it is refused.
+    chunk = EmbeddingChoice(long_text="chunk")  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="long_text: chunk runs an encoder artifact window"):
+        check_choice_for_model(ArtifactStore(store), exported, chunk)
 
 
 def test_embed_any_layer_and_pooling_of_the_bare_pair(
@@ -290,6 +298,11 @@ BAD_INPUTS = {
         {"encoder": hub_encoder(HUB_PAIR), "embedding": {"layers": [5]}},
         ["embedding.layers: [5] outside the encoder's 2 layers"],
     ),
+    "stride": (
+        "embed",
+        {"encoder": hub_encoder(HUB_PAIR), "embedding": {"long_text": "chunk", "chunk_stride": 99}},
+        ["embedding.chunk_stride: 99 is more than a window (62 tokens at seq_length 64)"],
+    ),
 }
 
 
@@ -307,3 +320,20 @@ def test_bad_handles_interfaces_and_layers_are_one_error_line(
     assert len(errors) == 1, result.stderr[-2000:]
     for text in expected:
         assert text in errors[0]
+
+
+def test_long_texts_chunk_through_the_pairs_own_packer(store: str) -> None:
+    ref = build_encoder_flow(config=EncoderConfig(**hub_encoder(HUB_PAIR)), store_root=store)
+    loaded = LoadedEncoder.load(EncoderPair(ref.path))
+    chunk = EncoderPass(long_text="chunk")  # type: ignore[arg-type]
+    window = SEQ_LENGTH - 2
+    # "the" is one wordpiece of the pair's vocabulary: two full windows and one of 10 tokens.
+    texts = ["the " * (2 * window + 10), "the cat"]
+    names = ("layer_1_mean",)
+    vectors, tokens = ChoiceEncoder(loaded, names, chunk).encode(texts)
+    cut, _ = ChoiceEncoder(loaded, names).encode(["the " * window, "the " * 10, "the cat"])
+    assert tokens[0] == 2 * window + 12
+    full, tail = SEQ_LENGTH, 12
+    expected = (2 * full * cut[names[0]][0] + tail * cut[names[0]][1]) / (2 * full + tail)
+    np.testing.assert_allclose(vectors[names[0]][0], expected, atol=1e-5)
+    np.testing.assert_allclose(vectors[names[0]][1], cut[names[0]][2], atol=1e-5)

@@ -47,6 +47,13 @@ class Precision(StrEnum):
     bfloat16 = "bfloat16"
 
 
+class LongText(StrEnum):
+    """Texts longer than the encoder's seq_length: cut there, or embedded window by window."""
+
+    truncate = "truncate"
+    chunk = "chunk"
+
+
 class EmbeddingChoice(_Config):
     """Which vector to take for each text: the classifier's penultimate features, or encoder layers
     pooled and combined."""
@@ -74,6 +81,18 @@ class EmbeddingChoice(_Config):
     precision: Precision = Field(
         Precision.float32, description="Encoder matmul precision; bfloat16 needs a bare encoder."
     )
+    long_text: LongText = Field(
+        LongText.truncate,
+        description="Texts over the encoder's seq_length: truncate (keep the first tokens) or "
+        "chunk (embed windows of seq_length tokens, averaged weighted by their tokens).",
+    )
+    chunk_stride: int | None = Field(
+        None,
+        ge=1,
+        le=510,
+        description="Tokens between the starts of a text's windows with long_text: chunk; "
+        "None = one window length (no overlap); less overlaps the windows.",
+    )
 
     def check_layers(self, num_layers: int) -> None:
         """Every index of `layers` names a layer of an encoder with `num_layers` layers."""
@@ -95,6 +114,13 @@ class EmbeddingChoice(_Config):
         if self.pooling == Pooling.pooled and self.layers != [-1]:
             raise ValueError(
                 "pooling: pooled is the pooler output of the last layer; use layers: [-1]"
+            )
+        if self.chunk_stride is not None and self.long_text != LongText.chunk:
+            raise ValueError("chunk_stride goes with long_text: chunk")
+        if self.long_text == LongText.chunk and self.source == EmbedSource.penultimate:
+            raise ValueError(
+                "long_text: chunk embeds encoder layers window by window (source: encoder or "
+                "all_choices); a classifier's penultimate features are of one window"
             )
         if self.precision == Precision.bfloat16 and self.source == EmbedSource.penultimate:
             raise ValueError(
