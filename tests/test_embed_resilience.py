@@ -91,6 +91,14 @@ def test_rerun_computes_and_loads_nothing_new_config_recomputes_changed_shard_on
     assert again == {("build-encoder", "Cached"): 1, ("collect-embeddings", "Cached"): 1}
     assert shard_manifests(store) == before  # no task body ran: nothing written or loaded
 
+    # A shard's vectors deleted behind the store's back: the rerun rebuilds that shard only.
+    damaged = next(iter(ArtifactStore(store).artifacts(EMBEDDING_SHARD_STAGE)))
+    next(damaged.path.glob("*.parquet")).unlink()
+    repaired = run_shards(config, dataset, store)
+    counts = task_state_counts(repaired, subflows=True)
+    assert counts[("embed-shard", "Cached")] == 5 and counts[("embed-shard", "Completed")] == 1
+    assert ArtifactStore(store).validate(damaged) is not None
+
     cls = config.model_copy(update={"embedding": config.embedding.model_copy(
         update={"pooling": "cls"})})  # fmt: skip
     counts = task_state_counts(run_shards(cls, dataset, store), subflows=True)

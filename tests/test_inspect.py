@@ -30,6 +30,7 @@ from penultimate.errors import InputError
 from penultimate.ingest import dataset_shard_entries, split_of, write_dataset
 from penultimate.inspection import store_artifacts
 from penultimate.shard_features import (
+    DEFAULT_PASS,
     FEATURES_FILE,
     features_key,
     l2_normalize,
@@ -89,7 +90,7 @@ def publish_features(
         return {"rows": rows.height, "encoded_texts": rows.height, "copied_from": None,
                 "choices": [FEATURE], "source_shard": store.relative(shard)}  # fmt: skip
 
-    key = features_key([FEATURE], sha256, "float32", 2)
+    key = features_key([FEATURE], sha256, DEFAULT_PASS, 2)
     return store.publish(FEATURES_STAGE, key, fill, [encoder]).ref
 
 

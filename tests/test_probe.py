@@ -167,7 +167,7 @@ def test_the_probes_encoder_pass_serves_later_embeddings_and_training(
     # Training's per-shard features (a frozen encoder) are copied out of the probe's columns.
     from penultimate.features import fill_shard_features
     from penultimate.ingest import dataset_shard_entries
-    from penultimate.shard_features import every_choice_features, read_features
+    from penultimate.shard_features import DEFAULT_PASS, every_choice_features, read_features
 
     # The probe's own encoder (the session's store may hold others, e.g. a seq_length-32 one).
     embeddings = store.resolve(store.read_manifest(probed[0]).inputs[0])  # type: ignore[union-attr]
@@ -180,7 +180,7 @@ def test_the_probes_encoder_pass_serves_later_embeddings_and_training(
     out = tmp_path / "features"
     out.mkdir()
     metrics = fill_shard_features(out, store, encoder, Path(shard), sha, ["layer_5_mean"])
-    every = every_choice_features(store, encoder, sha, "float32")
+    every = every_choice_features(store, encoder, sha, DEFAULT_PASS)
     assert every is not None and metrics["copied_from"] == every.key
     assert metrics["encoded_texts"] == 0 and metrics["rows"] > 0
     copied = pl.read_parquet(out / "features.parquet")["layer_5_mean"].to_numpy()
