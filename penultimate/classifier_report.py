@@ -2,17 +2,25 @@
 table and `classifier-report` markdown, built from the artifact's metrics with every number
 rounded (scores to 4 decimals, shares as percentages with 1).
 
-Plain Python, no TensorFlow or scikit-learn: the task imports it at module level.
+Plain Python and numpy, no TensorFlow or scikit-learn: the task imports it at module level.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from penultimate.artifacts import ArtifactRef
-from penultimate.ui import file_url, inline_png, markdown_table
+from penultimate.ui import file_url, inline_png, inline_pngs, markdown_table
+from penultimate.uncertainty import (
+    RELIABILITY_PLOT,
+    REPORT_FILE,
+    RISK_COVERAGE_PLOT,
+    UNCERTAINTY_DIR,
+    uncertainty_markdown,
+)
 
 SCORES = ("accuracy", "precision", "recall", "f1", "macro_f1", "weighted_f1", "roc_auc")
 # More classes than this make a markdown matrix too wide to read; the PNG and metrics.json
@@ -40,6 +48,16 @@ def _score_line(name: str, test: Mapping[str, Any]) -> str:
     return f"- {name}: {test[name]:.4f}"
 
 
+def uncertainty_section(folder: Path, store_root: Path) -> list[str]:
+    """Calibration, temperature scaling and MC dropout against max-softmax, with the reliability
+    diagram and risk-coverage curves inline (nothing for an artifact without the report)."""
+    if not (folder / REPORT_FILE).is_file():
+        return []
+    report = json.loads((folder / REPORT_FILE).read_text())
+    lines = ["", "## Calibration and MC dropout (test split)", "", *uncertainty_markdown(report)]
+    return [*lines, "", *inline_pngs(folder, [RELIABILITY_PLOT, RISK_COVERAGE_PLOT], store_root)]
+
+
 def classifier_report_markdown(
     ref: ArtifactRef, metrics: Mapping[str, Any], store_root: Path
 ) -> str:
@@ -65,6 +83,7 @@ def classifier_report_markdown(
                 for c in test["per_class"]
             ],
         )
+    lines += uncertainty_section(ref.path / UNCERTAINTY_DIR, store_root)
     lines += ["", "## Top confusions", ""]
     confusions = test.get("top_confusions", [])
     if confusions:

@@ -184,6 +184,14 @@ def _cmd_gc(args: argparse.Namespace) -> str:
     return collect_garbage(ArtifactStore(args.store), args.keep_last, deployments, args.apply)
 
 
+def _cmd_explain_dropout(args: argparse.Namespace) -> str:
+    from penultimate.dropout_report import dropout_report_summary
+    from penultimate.explain_dropout import explain_classifier_artifact
+
+    folder = explain_classifier_artifact(args.classifier, Path(args.out) if args.out else None)
+    return dropout_report_summary(folder)
+
+
 def package_version() -> str:
     """The installed distribution's version; a source checkout that is not installed has no
     package metadata, so the version the package declares stands in for it."""
@@ -299,6 +307,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     probe.add_argument("--config", required=True, help="YAML file with ProbeConfig fields")
     probe.set_defaults(run=_cmd_probe)
+
+    explain = sub.add_parser(
+        "explain-dropout",
+        help="what a classifier's dropout drops, which layers it moves, what it does to the "
+        "served embedding: measured on one batch of its training data",
+        description="Runs the classifier on the first 16 texts of its dataset's train split with "
+        "training=True and writes report.json, report.md and one picture per dropout layer of "
+        "the mask it drew (its observed drop fraction against rate, the axes one draw is shared "
+        "along), a table of which layers' weights one training step moves (frozen ones stay "
+        "bit-identical), how each layer's output changes with dropout on, and the served "
+        "embedding against dropout's. Every classifier artifact holds this report already "
+        "(dropout_report/); this command makes it for any classifier or export artifact.",
+    )
+    explain.add_argument(
+        "--classifier",
+        required=True,
+        help="classifier artifact folder, or an export artifact folder (its classifier is used)",
+    )
+    explain.add_argument(
+        "--out", help="folder for the report (default: ./dropout-report-<classifier key>)"
+    )
+    explain.set_defaults(run=_cmd_explain_dropout)
 
     ls = sub.add_parser(
         "ls",

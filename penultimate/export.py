@@ -18,7 +18,8 @@ from penultimate.console import progress_bar
 from penultimate.export_check import STEPS as CHECK_STEPS
 from penultimate.features import encoder_choices, pack_to_longest
 from penultimate.stages import SAVED_MODEL_DIR
-from penultimate.train import TrainedClassifier, logits_to_probabilities
+from penultimate.train import TrainedClassifier
+from penultimate.uncertainty import logits_to_probabilities
 
 VERIFY_BATCH_SIZES = (1, 7, 64)
 TOLERANCE = 1e-5
@@ -81,7 +82,22 @@ class ClassifierServing(tf.Module):
             tf.range(samples),
             fn_output_signature=tf.float32,
         )
-        return {"mean": tf.reduce_mean(draws, axis=0), "std": tf.math.reduce_std(draws, axis=0)}
+        mean = tf.reduce_mean(draws, axis=0)
+        entropy = _entropy(mean)
+        # Mutual information between prediction and dropout mask: the part of the entropy that
+        # the draws disagree on (0 when every draw says the same).
+        expected = tf.reduce_mean(_entropy(draws), axis=0)
+        return {
+            "mean": mean,
+            "std": tf.math.reduce_std(draws, axis=0),
+            "entropy": entropy,
+            "mutual_information": tf.maximum(entropy - expected, 0.0),
+        }
+
+
+def _entropy(probabilities: tf.Tensor) -> tf.Tensor:
+    """Entropy in nats over the last axis (0 log 0 = 0)."""
+    return -tf.reduce_sum(tf.math.xlogy(probabilities, probabilities), axis=-1)
 
 
 def write_export(trained: TrainedClassifier, out: Path, probe_texts: list[str]) -> dict[str, Any]:

@@ -25,11 +25,13 @@ FEATURES_STAGE = Stage("features", "2")
 #    confusions; TensorBoard logs in a run named after the config, with an hparams session.
 # 5: class_weights auto = capped inverse square-root frequency; metrics per class, macro and
 #    weighted F1 over every label; a warning when training stopped still improving.
-CLASSIFIER_STAGE = Stage("classifier", "5")
+# 6: a dropout report (dropout_report/) and an uncertainty report (uncertainty/) in every one.
+CLASSIFIER_STAGE = Stage("classifier", "6")
 # 2: `encode` also returns `penultimate`, so every choice comes from one encoder pass.
 # 3: inputs packed through the standard `tokenize` + `bert_pack_inputs` (any TF-Hub preprocessor);
 #    `seq_length` kept as a variable.
-EXPORT_STAGE = Stage("export", "3")
+# 4: `predict_mc` also returns each text's predictive entropy and mutual information.
+EXPORT_STAGE = Stage("export", "4")
 # The SavedModel's folder inside an export artifact.
 SAVED_MODEL_DIR = "saved_model"
 # 2: made from features artifacts where the store has them; metrics count the texts encoded.

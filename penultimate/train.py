@@ -5,10 +5,11 @@ per-shard encoder features when the encoder cannot change, else end to end), eva
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import polars as pl
@@ -24,9 +25,11 @@ from penultimate.classifier import (
     encoder_variables_to_train,
 )
 from penultimate.config import ClassWeights, Pooling, TrainConfig
+from penultimate.dropout_report import DROPOUT_REPORT_DIR, write_dropout_report
 from penultimate.encoders.pair import EncoderInfo, EncoderPair
 from penultimate.errors import InputError
 from penultimate.evaluation import classification_metrics, plot_confusion_matrix
+from penultimate.explain_dropout import REPORT_BATCH, explain_dropout
 from penultimate.features import (
     LoadedEncoder,
     batched_inference,
@@ -44,11 +47,19 @@ from penultimate.training_log import (
     tensorboard_callback,
     write_run_summary,
 )
+from penultimate.uncertainty import (
+    UNCERTAINTY_DIR,
+    logits_to_probabilities,
+    uncertainty_report,
+    write_uncertainty_report,
+)
 
 CLASSIFIER_FILE = "classifier.json"
 WEIGHTS = "weights/classifier"
 FEATURE_SPLITS = ("train", "val", "test")
 AUTO_WEIGHT_CAP = 10.0
+# MC-dropout sample counts T the uncertainty report compares with the deterministic prediction.
+MC_SAMPLES = (10, 30, 100)
 # Batches are sorted by length within windows of this many batches: little padding, still shuffled.
 _SORT_WINDOW_BATCHES = 20
 
@@ -164,9 +175,15 @@ def class_weights(counts: np.ndarray, mode: ClassWeights) -> dict[int, float] | 
     return {c: float(weight) for c, weight in enumerate(raw)}
 
 
-def _optimizer(peak: float, config: TrainConfig, total_steps: int) -> tf_keras.optimizers.Optimizer:
-    schedule = WarmupLinearDecay(peak, int(config.warmup_fraction * total_steps), total_steps)
-    optimizer = tf_keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config.weight_decay)
+def _optimizer(
+    peak: float, config: TrainConfig, total_steps: int | None
+) -> tf_keras.optimizers.Optimizer:
+    """AdamW at `peak` after warm-up and decaying to 0 at `total_steps`; constant at `peak` when
+    `total_steps` is None (the warm-up's first step has rate 0: nothing would move)."""
+    rate: float | WarmupLinearDecay = peak
+    if total_steps is not None:
+        rate = WarmupLinearDecay(peak, int(config.warmup_fraction * total_steps), total_steps)
+    optimizer = tf_keras.optimizers.AdamW(learning_rate=rate, weight_decay=config.weight_decay)
     optimizer.exclude_from_weight_decay(var_names=["bias", "layer_norm", "gamma", "beta"])
     return optimizer
 
@@ -183,13 +200,20 @@ def _loss_and_metrics(num_classes: int) -> dict[str, Any]:
     }
 
 
-def logits_to_probabilities(logits: np.ndarray) -> np.ndarray:
-    """[n, 1] sigmoid logits or [n, C] softmax logits -> [n, C] class probabilities."""
-    if logits.shape[1] == 1:
-        positive = 1.0 / (1.0 + np.exp(-logits[:, 0]))
-        return np.stack([1.0 - positive, positive], axis=1)
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
+def compile_end_to_end(model: TextClassifier, total_steps: int | None) -> None:
+    """Compile `model` as end-to-end training does: one optimiser for the head, one (at the
+    encoder's smaller rate) for the encoder blocks `freeze` trains."""
+    config = model.train_config
+    encoder_optimizer = (
+        _optimizer(config.encoder_learning_rate, config, total_steps)
+        if config.trained_top_blocks != 0
+        else None
+    )
+    model.compile_with_optimizers(
+        _optimizer(config.learning_rate, config, total_steps),
+        encoder_optimizer,
+        **_loss_and_metrics(model.num_classes),
+    )
 
 
 def token_batches(
@@ -293,26 +317,23 @@ def fit_classifier(
             validation_data=(x["val"], y["val"]),
             **fit_options,
         )
-        test_logits = head.predict(x["test"], batch_size=256, verbose=0) if len(y["test"]) else None
+
+        def predict(split: str, samples: Sequence[int]) -> Predictions:
+            return head_predictions(head, x[split], samples)
+
     else:
         log(f"fine-tuning end to end (freeze: {config.freeze})")
-        encoder_optimizer = (
-            _optimizer(config.encoder_learning_rate, config, steps)
-            if config.trained_top_blocks != 0
-            else None
-        )
-        model.compile_with_optimizers(
-            _optimizer(config.learning_rate, config, steps),
-            encoder_optimizer,
-            **_loss_and_metrics(len(labels.names)),
-        )
+        compile_end_to_end(model, steps)
         texts = {s: part["text"].to_list() for s, part in splits.items()}
         history = model.fit(
             token_batches(loaded, texts["train"], y["train"], config.batch_size, config.seed),
             validation_data=token_batches(loaded, texts["val"], y["val"], 64, None),
             **fit_options,
         )
-        test_logits = predict_logits(model, loaded, texts["test"]) if len(y["test"]) else None
+
+        def predict(split: str, samples: Sequence[int]) -> Predictions:
+            return text_predictions(model, loaded, texts[split], samples)
+
     model.save_weights(str(out / WEIGHTS))
     metrics: dict[str, Any] = {
         "epochs_run": len(history.history.get("loss", [])),
@@ -321,29 +342,106 @@ def fit_classifier(
     }
     if metrics["still_improving"]:
         log(f"warning: {metrics['still_improving']}")
-    if test_logits is not None:
-        probabilities = logits_to_probabilities(np.asarray(test_logits))
+    if len(y["test"]):
+        test = predict("test", MC_SAMPLES)
+        test_logits = test.logits
+        probabilities = logits_to_probabilities(test_logits)
         metrics["test"] = classification_metrics(y["test"], probabilities, labels.names)
         plot_confusion_matrix(
             metrics["test"]["confusion_matrix"], labels.names, out / "confusion_matrix.png"
         )
+        val_logits = predict("val", ()).logits if len(y["val"]) else test_logits[:0]
+        report = uncertainty_report(
+            y["test"],
+            test_logits,
+            y["val"],
+            val_logits,
+            test.probability_draws(),
+            labels.names,
+            test.seconds,
+        )
+        metrics["uncertainty"] = write_uncertainty_report(
+            report,
+            [layer.name for stack in model.dropouts.values() for layer in stack],
+            out / UNCERTAINTY_DIR,
+        )
+        log(f"uncertainty: {metrics['uncertainty']['verdict']}")
+    batch = splits["train"].head(REPORT_BATCH)
+    metrics["dropout"] = write_dropout_report(
+        explain_dropout(
+            model,
+            loaded.tokenize(batch["text"].to_list()),
+            y["train"][:REPORT_BATCH],
+            lambda classifier: compile_end_to_end(classifier, None),
+        ),
+        out / DROPOUT_REPORT_DIR,
+    )
     write_run_summary(run_dir, config, metrics.get("test"), metrics["epochs_run"])
     (out / "history.json").write_text(json.dumps(_plain_history(history.history), indent=2))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 
 
-def predict_logits(
-    model: TextClassifier, loaded: LoadedEncoder, texts: Sequence[str]
-) -> np.ndarray:
-    """Inference logits in input order, with length-sorted dynamic padding."""
-    return batched_inference(
-        texts,
-        lambda batch: {"logits": model(loaded.tokenize(batch), training=False)},
-        64,
-        "predicting",
-        count_tokens(loaded.preprocessor, texts),
-    )["logits"]
+class Predictions(NamedTuple):
+    """A split's logits at inference [n, C'] and the seconds they took; per MC-dropout sample
+    count T, the logits of T draws with the classifier's own dropout on [T, n, C'] and the
+    seconds the draws took."""
+
+    logits: np.ndarray
+    seconds: float
+    draws: dict[int, tuple[np.ndarray, float]]
+
+    def probability_draws(self) -> dict[int, tuple[np.ndarray, float]]:
+        """The draws as class probabilities [T, n, C]."""
+        return {
+            count: (np.stack([logits_to_probabilities(one) for one in logits]), seconds)
+            for count, (logits, seconds) in self.draws.items()
+        }
+
+
+def head_predictions(head: HeadModel, features: np.ndarray, samples: Sequence[int]) -> Predictions:
+    """A head trained on cached features: its logits for `features` [n, F] and `samples` MC
+    draws (no encoder pass: the features do not change)."""
+    start = time.perf_counter()
+    logits = head.predict(features, batch_size=256, verbose=0)
+    seconds = time.perf_counter() - start
+    draws = {}
+    for count in samples:
+        start = time.perf_counter()
+        stack = np.stack([head(features, training=True).numpy() for _ in range(count)])
+        draws[count] = (stack, time.perf_counter() - start)
+    return Predictions(logits, seconds, draws)
+
+
+def text_predictions(
+    model: TextClassifier, loaded: LoadedEncoder, texts: Sequence[str], samples: Sequence[int]
+) -> Predictions:
+    """Inference logits of `texts` in input order (length-sorted batches) and `samples` MC
+    draws of the classifier's dropout from the same deterministic encoder pass, as
+    `predict_mc` serves them; the seconds count the draws only."""
+    seconds = dict.fromkeys(samples, 0.0)
+
+    def run_batch(batch: list[str]) -> dict[str, tf.Tensor]:
+        inputs = loaded.tokenize(batch)
+        outputs = model.encoder(inputs, training=False)
+        mask = inputs["input_mask"]
+        named = {"logits": model.logits_from_encoder_outputs(outputs, mask, False)}
+        for count in samples:
+            start = time.perf_counter()
+            named[f"mc_{count}"] = tf.stack(
+                [model.logits_from_encoder_outputs(outputs, mask, True) for _ in range(count)],
+                axis=1,
+            )
+            seconds[count] += time.perf_counter() - start
+        return named
+
+    start = time.perf_counter()
+    result = batched_inference(
+        texts, run_batch, 64, "predicting", count_tokens(loaded.preprocessor, texts)
+    )
+    elapsed = time.perf_counter() - start - sum(seconds.values())
+    draws = {n: (np.moveaxis(result[f"mc_{n}"], 1, 0), seconds[n]) for n in samples}
+    return Predictions(result["logits"], elapsed, draws)
 
 
 def _plain_history(history: Mapping[str, list[Any]]) -> dict[str, list[float]]:

@@ -15,6 +15,7 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 from penultimate.artifacts import ArtifactRef, ArtifactStore, Manifest
 from penultimate.classifier_report import classifier_report_markdown, score_table
 from penultimate.config import TrainConfig
+from penultimate.dropout_report import DROPOUT_REPORT_DIR, dropout_report_markdown
 from penultimate.encoders.pair import EncoderPair
 from penultimate.errors import InputError
 from penultimate.ingest import read_dataset
@@ -96,7 +97,16 @@ def classifier_identity(params: Mapping[str, Any]) -> tuple[dict[str, Any], list
     return key, [params["dataset"], params["encoder"]]
 
 
-def _show_metrics(ref: ArtifactRef, manifest: Manifest, params: Mapping[str, Any]) -> None:
+def _show_reports(ref: ArtifactRef, manifest: Manifest, params: Mapping[str, Any]) -> None:
+    store_root = Path(params["store_root"])
+    create_markdown_artifact(
+        key="dropout-report",
+        markdown=dropout_report_markdown(
+            ref.path / DROPOUT_REPORT_DIR, store_root, f"classifier `{ref.key}`"
+        ),
+        description="What each dropout mask drops, which layers dropout moves, and the served "
+        "embedding against dropout's",
+    )
     test = manifest.metrics.get("test")
     if not test:
         return
@@ -107,15 +117,15 @@ def _show_metrics(ref: ArtifactRef, manifest: Manifest, params: Mapping[str, Any
     )
     create_markdown_artifact(
         key="classifier-report",
-        markdown=classifier_report_markdown(ref, manifest.metrics, Path(params["store_root"])),
-        description="Test metrics, top confusions and confusion matrix",
+        markdown=classifier_report_markdown(ref, manifest.metrics, store_root),
+        description="Test metrics, calibration and MC dropout, top confusions, confusion matrix",
     )
 
 
 @artifact_task(
     CLASSIFIER_STAGE,
     identity=classifier_identity,
-    report=_show_metrics,
+    report=_show_reports,
     name="train-classifier",
 )
 def train_classifier(

@@ -140,6 +140,8 @@ def test_the_cluster_report_shows_its_maps_and_its_links_open(
     run_id = state.state_details.flow_run_id
 
     page = _open(browser, f"{prefect_api.removesuffix('/api')}/runs/flow-run/{run_id}")
+    # The run's own page first: before it renders, the first "Artifacts" is the sidebar's link.
+    expect(page.get_by_text("Completed", exact=True).first).to_be_visible()
     page.get_by_text("Artifacts", exact=True).first.click()
     page.get_by_text("cluster-report", exact=True).last.click()
     # The maps are inside the artifact (data URIs), drawn by the browser: a real width.

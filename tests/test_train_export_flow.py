@@ -73,7 +73,32 @@ def test_model_artifact_holds_weights_metrics_plots_and_logs(
     assert sum(map(sum, test["confusion_matrix"])) == test["rows"]
     wrong = test["rows"] - sum(test["confusion_matrix"][i][i] for i in range(2))
     assert sum(c["count"] for c in test["top_confusions"]) == wrong  # both off-diagonal cells
-    assert {"classifier-test-metrics", "classifier-report"} <= prefect_artifact_keys(prefect_api)
+    assert {"classifier-test-metrics", "classifier-report", "dropout-report"} <= (
+        prefect_artifact_keys(prefect_api)
+    )
+
+
+def test_every_classifier_holds_its_dropout_and_uncertainty_reports(
+    plain_model: ArtifactRef,
+) -> None:
+    files = {
+        f.path for f in ArtifactStore(plain_model.path.parent.parent).validate(plain_model).files
+    }
+    expected = {"dropout_report/report.json", "dropout_report/mask_dropout_0_head.png"}
+    expected |= {
+        f"uncertainty/{n}" for n in ("report.json", "reliability.png", "risk_coverage.png")
+    }
+    assert expected <= files
+    metrics = json.loads((plain_model.path / "metrics.json").read_text())
+    # NO_DROPOUT keeps one head dropout at rate 0: nothing dropped, MC is the plain prediction.
+    assert metrics["dropout"]["masks"]["dropout_0_head"]["observed_drop_fraction"] == 0.0
+    uncertainty = json.loads((plain_model.path / "uncertainty" / "report.json").read_text())
+    assert uncertainty["mc_dropout_layers"] == ["dropout_0_head"]
+    assert set(uncertainty["mc"]) == {"10", "30", "100"}
+    assert uncertainty["mc"]["100"]["accuracy"] == uncertainty["max_softmax"]["accuracy"]
+    assert metrics["uncertainty"]["ece"] == uncertainty["max_softmax"]["ece"]
+    assert {"encoder_block_0", "encoder_embeddings"} <= set(metrics["dropout"]["unchanged_layers"])
+    assert "logits" in metrics["dropout"]["changed_layers"]
 
 
 def test_rerun_is_cached_and_other_head_reuses_the_feature_cache(
@@ -117,6 +142,10 @@ def test_exported_model_serves_predictions_embeddings_layers_and_mc(
     exported: tuple[ArtifactRef, ArtifactRef], store: str
 ) -> None:
     model, export_ref = exported
+    masks = json.loads((model.path / "metrics.json").read_text())["dropout"]["masks"]
+    assert set(masks) == {"dropout_0_pooled", "dropout_1_head"}
+    assert all(m["within_bound"] for m in masks.values())
+    assert masks["dropout_0_pooled"]["shared_along"] == ["samples"]  # batch_shared
     manifest = ArtifactStore(store).validate(export_ref)
     assert max(manifest.metrics["max_abs_diff"].values()) <= 1e-5  # checked in a fresh process
     assert set(manifest.metrics["signatures"]) == {
@@ -134,6 +163,14 @@ def test_exported_model_serves_predictions_embeddings_layers_and_mc(
     mc = saved.signatures["predict_mc"](text=texts, samples=tf.constant(16))
     assert mc["std"].numpy().max() > 0  # the dropout layers sample; serving stays deterministic
     assert np.abs(mc["mean"].numpy() - served).max() < 0.5
+    # Per text: predictive entropy of the mean, and the share of it the draws disagree on.
+    mean = mc["mean"].numpy()
+    np.testing.assert_allclose(
+        mc["entropy"].numpy(), -(mean * np.log(np.maximum(mean, 1e-30))).sum(1), atol=1e-5
+    )
+    information = mc["mutual_information"].numpy()
+    assert information.shape == (2,) and (information >= 0).all() and information.max() > 0
+    assert (information <= mc["entropy"].numpy() + 1e-6).all()
     encoded = saved.signatures["encode"](text=texts)
     assert sorted(encoded) == sorted([*encoder_choice_names(6), "penultimate"])
     np.testing.assert_allclose(

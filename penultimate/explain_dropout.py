@@ -1,0 +1,289 @@
+"""What a classifier's dropout really does, measured on the model itself with one real batch: the
+masks each dropout layer draws, which layers' gradients, weights and outputs it touches, and how
+far it moves the served embedding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+
+from penultimate.classifier import POOLER, TRANSFORMER_BLOCK, TextClassifier
+from penultimate.dropout import StructuredDropout
+
+# Texts in the batch the report is computed on: enough mask units for a tight binomial bound on
+# vectors (samples x features) and few enough that one gradient step through the encoder is fast.
+REPORT_BATCH = 16
+# Observed drop fractions further than this many binomial standard deviations from `rate` are
+# flagged (plus one unit, for the granularity of a fraction of few units).
+BOUND_SIGMAS = 4.0
+_SEQUENCE_AXES = ("samples", "tokens", "features")
+_VECTOR_AXES = ("samples", "features")
+
+
+def mask_statistics(
+    layer: StructuredDropout, inputs: np.ndarray, outputs: np.ndarray
+) -> dict[str, Any]:
+    """What one dropout layer did to `inputs` ([batch, tokens, features] or [batch, features]),
+    read from its `outputs` with `training=True`: the realised keep mask, the drop fraction over
+    its independent mask units against `rate` (with the binomial bound), the scale of kept values
+    and the axes along which one draw was shared. Input values of exactly 0 count as kept."""
+    kept = (outputs != 0) | (inputs == 0)
+    names = _SEQUENCE_AXES if inputs.ndim == 3 else _VECTOR_AXES
+    columns = np.ones(inputs.shape[-1], bool)
+    if layer.columns is not None:
+        columns[:] = False
+        columns[list(layer.columns)] = True
+    kept_named = kept[..., columns]
+    noise_shape = np.asarray(layer.noise_shape_for(tf.constant(inputs)))
+    # One value per mask unit: broadcast axes (noise-shape 1) reduced to their first entry.
+    units = kept_named[tuple(slice(None) if n > 1 else slice(0, 1) for n in noise_shape)]
+    observed = 1.0 - float(units.mean())
+    bound = BOUND_SIGMAS * np.sqrt(layer.rate * (1 - layer.rate) / units.size) + 1 / units.size
+    shared = [
+        name
+        for axis, name in enumerate(names)
+        if kept_named.shape[axis] > 1 and bool(np.all(kept_named == kept_named.take([0], axis)))
+    ]
+    scaled = kept_named & (inputs[..., columns] != 0)
+    scale = outputs[..., columns][scaled] / inputs[..., columns][scaled]
+    untouched = np.abs(outputs[..., ~columns] - inputs[..., ~columns])
+    expected_shared = [
+        name
+        for axis, (name, n) in enumerate(zip(names, noise_shape, strict=True))
+        if n == 1 and kept_named.shape[axis] > 1
+    ]
+    return {
+        "layer": layer.name,
+        "rate": layer.rate,
+        "mask": layer.mask,
+        "columns": None if layer.columns is None else list(layer.columns),
+        "input_shape": list(inputs.shape),
+        "axes": list(names),
+        "noise_shape": [int(n) for n in noise_shape],
+        "mask_units": int(units.size),
+        "observed_drop_fraction": observed,
+        "binomial_bound": float(bound),
+        "within_bound": bool(abs(observed - layer.rate) <= bound),
+        "kept_scale_expected": 1.0 / (1.0 - layer.rate),
+        "kept_scale_mean": float(scale.mean()) if scale.size else None,
+        "kept_scale_max_error": float(np.abs(scale - 1 / (1 - layer.rate)).max())
+        if scale.size
+        else None,
+        "other_columns_max_change": float(untouched.max()) if untouched.size else None,
+        "shared_along": shared,
+        "shared_along_expected": expected_shared,
+        "kept": kept,
+    }
+
+
+def _masked(value: np.ndarray, token_mask: np.ndarray) -> np.ndarray:
+    """Token states with padding positions zeroed (vectors as they are)."""
+    return value * token_mask[..., None] if value.ndim == 3 else value
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-sample cosine of two [batch, ...] tensors (flattened per sample)."""
+    a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return np.sum(a * b, axis=1) / np.maximum(norms, 1e-30)
+
+
+def output_changes(
+    train: Mapping[str, tf.Tensor], infer: Mapping[str, tf.Tensor], token_mask: np.ndarray
+) -> list[dict[str, Any]]:
+    """Per tapped layer output (see `TextClassifier.tapped_forward`), how much it moves between
+    `training=True` and `training=False`: relative L2 change and per-sample cosine, over real
+    tokens only."""
+    rows = []
+    for name, value in infer.items():
+        if name.endswith(":input"):
+            continue
+        on, off = _masked(train[name].numpy(), token_mask), _masked(value.numpy(), token_mask)
+        norm = float(np.linalg.norm(off))
+        cosines = _cosines(on, off)
+        rows.append(
+            {
+                "output": name,
+                "relative_change": float(np.linalg.norm(on - off)) / max(norm, 1e-30),
+                "cosine_mean": float(cosines.mean()),
+                "changed": bool(np.any(on != off)),
+            }
+        )
+    return rows
+
+
+def variable_group(name: str, encoder_ids: set[int], variable: tf.Variable) -> str:
+    """The layer a weight belongs to, as the report names it: `encoder_block_<i>`,
+    `encoder_pooler`, `encoder_embeddings`, or the Keras layer of a head weight."""
+    if id(variable) in encoder_ids:
+        if block := TRANSFORMER_BLOCK.search(name):
+            return f"encoder_block_{block.group(1)}"
+        return "encoder_pooler" if POOLER.search(name) else "encoder_embeddings"
+    return name.split("/")[-2] if "/" in name else name
+
+
+def weight_effects(
+    model: TextClassifier,
+    inputs: Mapping[str, tf.Tensor],
+    labels: np.ndarray,
+    compile_for_one_step: Callable[[TextClassifier], None],
+) -> list[dict[str, Any]]:
+    """Per layer, whether its weights get a non-zero gradient from one training batch (dropout
+    on) and whether one real training step (`compile_for_one_step` sets the optimisers training
+    uses) changes them. The model's weights are put back afterwards."""
+    encoder_ids = {id(v) for v in model.encoder.weights}
+    variables = [v for v in model.weights if v.dtype.is_floating]
+    groups = [variable_group(v.name, encoder_ids, v) for v in variables]
+    loss = model_loss(model)
+    y = tf.constant(labels)
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
+        for variable in variables:
+            tape.watch(variable)
+        value = loss(y, model(dict(inputs), training=True))
+    gradients = tape.gradient(value, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    before = [v.numpy().copy() for v in variables]
+    compile_for_one_step(model)
+    try:
+        model.train_step((dict(inputs), y))
+        after = [v.numpy() for v in variables]
+    finally:
+        for variable, old in zip(variables, before, strict=True):
+            variable.assign(old)
+    table: dict[str, dict[str, Any]] = {}
+    for group, gradient, old, new in zip(groups, gradients, before, after, strict=True):
+        row = table.setdefault(
+            group,
+            {"layer": group, "weights": 0, "gradient_norm": 0.0, "max_weight_change": 0.0},
+        )
+        row["weights"] += int(old.size)
+        row["gradient_norm"] = float(np.hypot(row["gradient_norm"], tf.norm(gradient).numpy()))
+        row["max_weight_change"] = max(row["max_weight_change"], float(np.abs(new - old).max()))
+    for row in table.values():
+        row["gradient_nonzero"] = row["gradient_norm"] > 0
+        row["changed"] = row["max_weight_change"] > 0
+    return list(table.values())
+
+
+def model_loss(model: TextClassifier) -> tf_keras.losses.Loss:
+    """The training loss of `model`'s head: sigmoid for one logit, softmax for more."""
+    if model.num_classes == 2:
+        return tf_keras.losses.BinaryCrossentropy(from_logits=True)
+    return tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def embedding_effects(
+    model: TextClassifier, inputs: Mapping[str, tf.Tensor], infer: Mapping[str, tf.Tensor]
+) -> list[dict[str, Any]]:
+    """The served embedding (the penultimate layer at inference) against what dropout makes of
+    it: the same layer with `training=True`, after the head dropout, and two training draws
+    against each other; cosines per sample."""
+    served = model.embed(dict(inputs)).numpy()
+    first = model.tapped_forward(inputs, training=True)
+    second = model.tapped_forward(inputs, training=True)
+    rows = [
+        ("served embedding, computed twice at inference", served, infer["penultimate"].numpy()),
+        (
+            "penultimate layer with training=True vs served",
+            first["penultimate"].numpy(),
+            served,
+        ),
+        (
+            "penultimate layer: two training=True draws",
+            first["penultimate"].numpy(),
+            second["penultimate"].numpy(),
+        ),
+    ]
+    for layer in model.dropouts.get("head", []):
+        label = f"after {layer.name} (training=True) vs served"
+        rows.append((label, first[layer.name].numpy(), served))
+    result = []
+    for label, a, b in rows:
+        cosines = _cosines(a, b)
+        result.append(
+            {
+                "comparison": label,
+                "cosine_mean": float(cosines.mean()),
+                "cosine_min": float(cosines.min()),
+            }
+        )
+    return result
+
+
+def explain_dropout(
+    model: TextClassifier,
+    inputs: Mapping[str, tf.Tensor],
+    labels: np.ndarray,
+    compile_for_one_step: Callable[[TextClassifier], None],
+) -> dict[str, Any]:
+    """The dropout report of `model` on one batch of encoder `inputs` with class ids `labels`:
+    `masks` (per dropout layer, `mask_statistics` with its `kept` array), `outputs`
+    (`output_changes`), `weights` (`weight_effects`) and `embeddings` (`embedding_effects`).
+
+    Example:
+        >>> report = explain_dropout(model, loaded.tokenize(texts[:16]), y[:16], compile_fn)
+        >>> report["masks"][0]["observed_drop_fraction"], report["masks"][0]["shared_along"]
+        (0.2986, ['tokens'])
+    """
+    token_mask = inputs["input_mask"].numpy().astype(np.float32)
+    train = model.tapped_forward(inputs, training=True)
+    infer = model.tapped_forward(inputs, training=False)
+    layers: Sequence[StructuredDropout] = [
+        layer for stack in model.dropouts.values() for layer in stack
+    ]
+    masks = [
+        mask_statistics(layer, train[f"{layer.name}:input"].numpy(), train[layer.name].numpy())
+        for layer in layers
+    ]
+    # Encoder outputs and the report's own comparisons first; every weight restored afterwards.
+    embeddings = embedding_effects(model, inputs, infer)
+    return {
+        "batch": int(token_mask.shape[0]),
+        "tokens": int(token_mask.shape[1]),
+        "real_tokens": int(token_mask.sum()),
+        "freeze": model.train_config.freeze,
+        "masks": masks,
+        "outputs": output_changes(train, infer, token_mask),
+        "embeddings": embeddings,
+        "weights": weight_effects(model, inputs, labels, compile_for_one_step),
+    }
+
+
+def explain_classifier_artifact(uri: str | Path, out: Path | None = None) -> Path:
+    """`penultimate explain-dropout`: the dropout report of a classifier artifact (or of the
+    classifier an export artifact was made from), on the first `REPORT_BATCH` texts of its
+    dataset's train split, written to `out` (default `./dropout-report-<key>`); returns `out`."""
+    from penultimate.artifacts import ArtifactStore, open_artifact
+    from penultimate.dropout_report import write_dropout_report
+    from penultimate.errors import InputError
+    from penultimate.ingest import read_dataset
+    from penultimate.stages import CLASSIFIER_STAGE, DATASET_STAGE, EXPORT_STAGE
+    from penultimate.train import TrainedClassifier, compile_end_to_end
+
+    path = Path(uri).expanduser().resolve()
+    store = ArtifactStore(path.parent.parent)
+    if path.parent.name == EXPORT_STAGE.name:
+        classifier = store.input_of(open_artifact(path, EXPORT_STAGE.name), CLASSIFIER_STAGE)
+        if classifier is None:
+            raise InputError(f"{uri}: the export names no classifier artifact in this store")
+    else:
+        classifier = open_artifact(path, CLASSIFIER_STAGE.name)
+    dataset = store.input_of(classifier, DATASET_STAGE)
+    if dataset is None or store.validate(dataset) is None:
+        raise InputError(f"{classifier.uri}: its dataset artifact is not in this store")
+    trained = TrainedClassifier.load(classifier.path)
+    rows = read_dataset(dataset, "train").head(REPORT_BATCH)
+    report = explain_dropout(
+        trained.model,
+        trained.loaded.tokenize(rows["text"].to_list()),
+        trained.labels.encode(rows["label"]),
+        lambda model: compile_end_to_end(model, None),
+    )
+    folder = out or Path(f"dropout-report-{classifier.key[:12]}")
+    write_dropout_report(report, folder)
+    return folder
