@@ -23,35 +23,36 @@ def mask_picture_name(layer: str) -> str:
     return f"mask_{layer}.png"
 
 
-def plot_mask(kept: np.ndarray, stats: Mapping[str, Any], path: Path) -> None:
-    """The realised keep mask: tokens x features of the first two samples for token states,
-    samples x features for vectors; dropped values dark, kept ones light, so stripes show the
-    axes one draw covers."""
+def plot_mask(realised: np.ndarray, stats: Mapping[str, Any], path: Path) -> None:
+    """The realised mask (`explain_dropout.DROPPED/KEPT/UNKNOWN` per value): tokens x features
+    of the first two samples for token states, samples x features for vectors; dropped values
+    dark, kept ones light, inputs that were already 0 grey, so stripes show the axes one draw
+    covers."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
 
-    panels = (
-        [kept[i] for i in range(min(_PICTURED_SAMPLES, len(kept)))] if kept.ndim == 3 else [kept]
-    )
+    sequence = realised.ndim == 3
+    panels = list(realised[:_PICTURED_SAMPLES]) if sequence else [realised]
     figure, axes = plt.subplots(
         1, len(panels), figsize=(6.5 * len(panels), 4.6), dpi=110, squeeze=False
     )
-    colours = ListedColormap(["#1f3b73", "#e8eef7"])
+    colours = ListedColormap(["#1f3b73", "#e8eef7", "#b0b0b0"])
     for index, (panel, axis) in enumerate(zip(panels, axes[0], strict=True)):
-        axis.imshow(panel, cmap=colours, vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+        axis.imshow(panel, cmap=colours, vmin=0, vmax=2, aspect="auto", interpolation="nearest")
         axis.set_xlabel(f"feature (0-{panel.shape[1] - 1})")
-        axis.set_ylabel("token position" if kept.ndim == 3 else "sample in the batch")
-        if kept.ndim == 3:
+        axis.set_ylabel("token position" if sequence else "sample in the batch")
+        if sequence:
             axis.set_title(f"sample {index}", fontsize=10)
     shared = ", ".join(stats["shared_along"]) or "nothing"
     columns = "all" if stats["columns"] is None else f"{len(stats['columns'])} named"
     figure.suptitle(
         f"{stats['layer']}: mask {stats['mask']}, rate {stats['rate']:g}, columns {columns}\n"
-        f"dropped {stats['observed_drop_fraction']:.1%} of {stats['mask_units']} mask units; "
-        f"one draw shared along: {shared}  (dark = dropped)",
+        f"dropped {_share(stats['observed_drop_fraction'])} of {stats['mask_units']} mask "
+        f"units; one draw shared along: {shared}\n"
+        "dark = dropped, light = kept, grey = input already 0 (no draw to see)",
         fontsize=11,
     )
     figure.tight_layout()
@@ -65,14 +66,14 @@ def write_dropout_report(report: Mapping[str, Any], folder: Path) -> dict[str, A
     folder.mkdir(parents=True, exist_ok=True)
     masks = []
     for stats in report["masks"]:
-        plot_mask(stats["kept"], stats, folder / mask_picture_name(stats["layer"]))
-        masks.append({k: v for k, v in stats.items() if k != "kept"})
+        plot_mask(stats["realised"], stats, folder / mask_picture_name(stats["layer"]))
+        masks.append({k: v for k, v in stats.items() if k != "realised"})
     written = {**report, "masks": masks}
     (folder / REPORT_FILE).write_text(json.dumps(written, indent=2))
     return {
         "masks": {
             m["layer"]: {
-                "observed_drop_fraction": round(m["observed_drop_fraction"], 4),
+                "observed_drop_fraction": m["observed_drop_fraction"],
                 "rate": m["rate"],
                 "within_bound": m["within_bound"],
                 "shared_along": m["shared_along"],
@@ -82,6 +83,10 @@ def write_dropout_report(report: Mapping[str, Any], folder: Path) -> dict[str, A
         "changed_layers": [w["layer"] for w in report["weights"] if w["changed"]],
         "unchanged_layers": [w["layer"] for w in report["weights"] if not w["changed"]],
     }
+
+
+def _share(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
 
 
 def _yes(flag: bool) -> str:
@@ -122,8 +127,8 @@ def dropout_report_markdown(folder: Path, store_root: Path, title: str) -> str:
                 m["layer"],
                 m["mask"],
                 m["rate"],
-                m["observed_drop_fraction"],
-                f"±{m['binomial_bound']:.3f} ({_yes(m['within_bound'])})",
+                _share(m["observed_drop_fraction"]),
+                f"±{_share(m['binomial_bound'])} ({_yes(m['within_bound'])})",
                 m["mask_units"],
                 ", ".join(m["shared_along"]) or "-",
                 "-" if m["kept_scale_mean"] is None else f"{m['kept_scale_mean']:.4f}",
@@ -172,8 +177,8 @@ def dropout_report_summary(folder: Path) -> str:
         verdict = "within" if m["within_bound"] else "OUTSIDE"
         lines.append(
             f"{m['layer']} ({m['mask']}, rate {m['rate']:g}): dropped "
-            f"{m['observed_drop_fraction']:.1%} of {m['mask_units']} mask units ({verdict} "
-            f"±{m['binomial_bound']:.1%}); one draw shared along {shared}"
+            f"{_share(m['observed_drop_fraction'])} of {m['mask_units']} mask units ({verdict} "
+            f"±{_share(m['binomial_bound'])}); one draw shared along {shared}"
         )
     if not report["masks"]:
         lines.append("no dropout layer: training and inference compute the same")

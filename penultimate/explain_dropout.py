@@ -26,38 +26,47 @@ _SEQUENCE_AXES = ("samples", "tokens", "features")
 _VECTOR_AXES = ("samples", "features")
 
 
+# The realised mask as pictured and stored: per input value, dropped, kept, or unknown (an input
+# of exactly 0 is 0 whether it was dropped or not: a ReLU's zeros, or an earlier dropout's).
+DROPPED, KEPT, UNKNOWN = 0, 1, 2
+
+
+def _constant_along(kept: np.ndarray, known: np.ndarray, axis: int) -> bool:
+    """Whether every line along `axis` has one keep value over its known entries."""
+    highest = np.where(known, kept, False).any(axis=axis)
+    lowest = np.where(known, kept, True).all(axis=axis)
+    return not bool(np.any(known.any(axis=axis) & (highest != lowest)))
+
+
 def mask_statistics(
     layer: StructuredDropout, inputs: np.ndarray, outputs: np.ndarray
 ) -> dict[str, Any]:
     """What one dropout layer did to `inputs` ([batch, tokens, features] or [batch, features]),
-    read from its `outputs` with `training=True`: the realised keep mask, the drop fraction over
-    its independent mask units against `rate` (with the binomial bound), the scale of kept values
-    and the axes along which one draw was shared. Input values of exactly 0 count as kept."""
-    kept = (outputs != 0) | (inputs == 0)
+    read from its `outputs` with `training=True`: the realised mask (`DROPPED`, `KEPT`,
+    `UNKNOWN` per value), the drop fraction over its independent mask units against `rate`
+    (with the binomial bound), the scale of kept values and the axes along which one draw was
+    shared. Units whose every input value is 0 are left out: they cannot show their draw."""
     names = _SEQUENCE_AXES if inputs.ndim == 3 else _VECTOR_AXES
     columns = np.ones(inputs.shape[-1], bool)
     if layer.columns is not None:
         columns[:] = False
         columns[list(layer.columns)] = True
-    kept_named = kept[..., columns]
+    known, kept = inputs != 0, outputs != 0
+    known_named, kept_named = known[..., columns], kept[..., columns] & known[..., columns]
     noise_shape = np.asarray(layer.noise_shape_for(tf.constant(inputs)))
-    # One value per mask unit: broadcast axes (noise-shape 1) reduced to their first entry.
-    units = kept_named[tuple(slice(None) if n > 1 else slice(0, 1) for n in noise_shape)]
-    observed = 1.0 - float(units.mean())
-    bound = BOUND_SIGMAS * np.sqrt(layer.rate * (1 - layer.rate) / units.size) + 1 / units.size
-    shared = [
-        name
-        for axis, name in enumerate(names)
-        if kept_named.shape[axis] > 1 and bool(np.all(kept_named == kept_named.take([0], axis)))
-    ]
-    scaled = kept_named & (inputs[..., columns] != 0)
-    scale = outputs[..., columns][scaled] / inputs[..., columns][scaled]
+    # A mask unit is one draw: the values along the broadcast axes (noise-shape 1) share it.
+    broadcast = tuple(axis for axis, n in enumerate(noise_shape) if n == 1)
+    unit_known = known_named.any(axis=broadcast)
+    unit_kept = kept_named.any(axis=broadcast)
+    units = int(unit_known.sum())
+    observed = 1.0 - float(unit_kept[unit_known].mean()) if units else None
+    bound = (
+        BOUND_SIGMAS * np.sqrt(layer.rate * (1 - layer.rate) / units) + 1 / units if units else None
+    )
+    sized = [axis for axis in range(inputs.ndim) if kept_named.shape[axis] > 1]
+    shared = [names[a] for a in sized if _constant_along(kept_named, known_named, a)]
+    scale = outputs[..., columns][kept_named] / inputs[..., columns][kept_named]
     untouched = np.abs(outputs[..., ~columns] - inputs[..., ~columns])
-    expected_shared = [
-        name
-        for axis, (name, n) in enumerate(zip(names, noise_shape, strict=True))
-        if n == 1 and kept_named.shape[axis] > 1
-    ]
     return {
         "layer": layer.name,
         "rate": layer.rate,
@@ -66,10 +75,10 @@ def mask_statistics(
         "input_shape": list(inputs.shape),
         "axes": list(names),
         "noise_shape": [int(n) for n in noise_shape],
-        "mask_units": int(units.size),
+        "mask_units": units,
         "observed_drop_fraction": observed,
-        "binomial_bound": float(bound),
-        "within_bound": bool(abs(observed - layer.rate) <= bound),
+        "binomial_bound": None if bound is None else float(bound),
+        "within_bound": bound is not None and bool(abs(observed - layer.rate) <= bound),
         "kept_scale_expected": 1.0 / (1.0 - layer.rate),
         "kept_scale_mean": float(scale.mean()) if scale.size else None,
         "kept_scale_max_error": float(np.abs(scale - 1 / (1 - layer.rate)).max())
@@ -77,8 +86,8 @@ def mask_statistics(
         else None,
         "other_columns_max_change": float(untouched.max()) if untouched.size else None,
         "shared_along": shared,
-        "shared_along_expected": expected_shared,
-        "kept": kept,
+        "shared_along_expected": [names[a] for a in sized if noise_shape[a] == 1],
+        "realised": np.where(known, np.where(kept, KEPT, DROPPED), UNKNOWN).astype(np.int8),
     }
 
 

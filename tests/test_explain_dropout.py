@@ -21,7 +21,7 @@ from penultimate.dropout_report import (
     write_dropout_report,
 )
 from penultimate.encoders.pair import EncoderPair
-from penultimate.explain_dropout import REPORT_BATCH, explain_dropout
+from penultimate.explain_dropout import DROPPED, KEPT, REPORT_BATCH, UNKNOWN, explain_dropout
 from penultimate.features import LoadedEncoder, load_encoder
 from penultimate.train import compile_end_to_end, text_predictions
 
@@ -66,7 +66,7 @@ def test_each_mask_drops_rate_of_its_units_shared_along_the_modes_axes(
     assert abs(mask["observed_drop_fraction"] - 0.3) <= mask["binomial_bound"]
     assert mask["shared_along"] == SHARED_BY_MODE[mode] == mask["shared_along_expected"]
     assert mask["kept_scale_mean"] == pytest.approx(1 / 0.7, rel=1e-5)
-    assert mask["kept"].shape == tuple(mask["input_shape"])
+    assert mask["realised"].shape == tuple(mask["input_shape"])
 
 
 def test_columns_limit_the_drop_and_vectors_are_samples_by_features(
@@ -79,7 +79,31 @@ def test_columns_limit_the_drop_and_vectors_are_samples_by_features(
     assert mask["mask_units"] == REPORT_BATCH * len(columns) and mask["within_bound"]
     assert mask["other_columns_max_change"] == 0.0
     others = np.setdiff1d(np.arange(64), columns)
-    assert mask["kept"][:, others].all() and not mask["kept"][:, columns].all()
+    assert (mask["realised"][:, others] == KEPT).all()
+    assert (mask["realised"][:, columns] == DROPPED).any()
+
+
+def test_stacked_dropouts_each_read_their_own_mask_past_the_zeros_before_them(
+    hub_pair: Path, batch: tuple[list[str], np.ndarray]
+) -> None:
+    """A dropout after another (or after a ReLU) sees zeros it did not make: they are unknown,
+    not kept, so each layer's fraction and sharing are its own."""
+    dropout = [
+        {"at": "sequence", "rate": 0.3, "mask": "feature"},
+        {"at": "sequence", "rate": 0.2, "mask": "token", "columns": list(range(0, 64, 2))},
+        {"at": "pooled", "rate": 0.2, "mask": "batch_shared"},
+        {"at": "hidden:0", "rate": 0.3},
+        {"at": "head", "rate": 0.5, "mask": "sample"},
+    ]
+    report = report_of(
+        hub_pair, batch, hidden=[{"units": 32, "activation": "relu"}], dropout=dropout
+    )
+    for mask in report["masks"]:
+        assert mask["within_bound"], mask["layer"]
+        assert mask["shared_along"] == mask["shared_along_expected"], mask["layer"]
+    hidden = report["masks"][3]
+    assert (hidden["realised"] == UNKNOWN).any()  # the ReLU's zeros
+    assert hidden["mask_units"] == (hidden["realised"] != UNKNOWN).sum()
 
 
 def test_a_step_moves_the_trained_layers_only_and_the_model_is_put_back(
