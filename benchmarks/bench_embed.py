@@ -300,7 +300,7 @@ def peer_table(runs: dict[str, Run], reference: Run, tokens: dict[str, int]) -> 
     rows += [
         "",
         f"Tokens per text: {useful / texts:.1f} useful, {padded / texts:.1f} padded "
-        f"(project, batches of {BATCH} sorted by characters; {100 * (padded / useful - 1):.0f}% "
+        f"(project, batches of {BATCH} sorted by token count; {100 * (padded / useful - 1):.0f}% "
         "padding; padding every text to 128 would feed 128).",
     ]
     return rows

@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
-import tf_keras
 
 from penultimate.classifier import POOLER, TRANSFORMER_BLOCK, TextClassifier
 from penultimate.dropout import StructuredDropout
@@ -127,9 +126,10 @@ def output_changes(
     return rows
 
 
-def variable_group(name: str, encoder_ids: set[int], variable: tf.Variable) -> str:
+def variable_group(variable: tf.Variable, encoder_ids: set[int]) -> str:
     """The layer a weight belongs to, as the report names it: `encoder_block_<i>`,
     `encoder_pooler`, `encoder_embeddings`, or the Keras layer of a head weight."""
+    name = variable.name
     if id(variable) in encoder_ids:
         if block := TRANSFORMER_BLOCK.search(name):
             return f"encoder_block_{block.group(1)}"
@@ -148,18 +148,18 @@ def weight_effects(
     uses) changes them. The model's weights are put back afterwards."""
     encoder_ids = {id(v) for v in model.encoder.weights}
     variables = [v for v in model.weights if v.dtype.is_floating]
-    groups = [variable_group(v.name, encoder_ids, v) for v in variables]
-    loss = model_loss(model)
-    y = tf.constant(labels)
+    groups = [variable_group(v, encoder_ids) for v in variables]
+    x, y = dict(inputs), tf.constant(labels)
+    compile_for_one_step(model)
+    # Every weight watched, frozen ones too: they get a gradient, their optimiser ignores it.
     with tf.GradientTape(watch_accessed_variables=False) as tape:
         for variable in variables:
             tape.watch(variable)
-        value = loss(y, model(dict(inputs), training=True))
-    gradients = tape.gradient(value, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        loss = model.compute_loss(x, y, model(x, training=True))
+    gradients = tape.gradient(loss, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
     before = [v.numpy().copy() for v in variables]
-    compile_for_one_step(model)
     try:
-        model.train_step((dict(inputs), y))
+        model.train_step((x, y))
         after = [v.numpy() for v in variables]
     finally:
         for variable, old in zip(variables, before, strict=True):
@@ -177,13 +177,6 @@ def weight_effects(
         row["gradient_nonzero"] = row["gradient_norm"] > 0
         row["changed"] = row["max_weight_change"] > 0
     return list(table.values())
-
-
-def model_loss(model: TextClassifier) -> tf_keras.losses.Loss:
-    """The training loss of `model`'s head: sigmoid for one logit, softmax for more."""
-    if model.num_classes == 2:
-        return tf_keras.losses.BinaryCrossentropy(from_logits=True)
-    return tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
 def embedding_effects(

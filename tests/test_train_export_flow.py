@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import prefect_artifact_keys, task_run_states
+from conftest import prefect_artifact_keys, run_cli, task_run_states
 from flows.export import export
 from flows.ingest import ingest
 from flows.train import train
@@ -136,6 +136,26 @@ def exported(dataset: ArtifactRef, store: str) -> tuple[ArtifactRef, ArtifactRef
     model, _ = run_train(WITH_DROPOUT, dataset, store)  # trained by the feature-cache test
     check = ExportConfig(verify_texts=8)  # the export check's fewest texts, its every check
     return model, export(classifier=model, dataset=dataset, config=check, store_root=store)
+
+
+def test_explain_dropout_reads_the_classifier_behind_an_export(
+    exported: tuple[ArtifactRef, ArtifactRef], tmp_path: Path
+) -> None:
+    _, export_ref = exported
+    out = tmp_path / "report"
+    result = run_cli("explain-dropout", "--classifier", export_ref.uri, "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    pooled = next(line for line in lines if line.startswith("dropout_0_pooled (batch_shared"))
+    assert "within" in pooled and pooled.endswith("one draw shared along samples")
+    assert any(line.startswith("bit-identical after it: encoder_embeddings") for line in lines)
+    assert lines[-1].startswith(f"report: {out / 'report.md'}")
+    report = json.loads((out / "report.json").read_text())
+    assert [m["layer"] for m in report["masks"]] == ["dropout_0_pooled", "dropout_1_head"]
+    assert (out / "mask_dropout_1_head.png").stat().st_size > 5_000
+    assert "data:image/png;base64," in (out / "report.md").read_text()
+    wrong = run_cli("explain-dropout", "--classifier", str(export_ref.path.parent))
+    assert wrong.returncode == 2 and wrong.stderr.startswith("error: ")
 
 
 def test_exported_model_serves_predictions_embeddings_layers_and_mc(
