@@ -15,6 +15,8 @@ from penultimate.ui import inline_png, markdown_table
 
 DROPOUT_REPORT_DIR = "dropout_report"
 REPORT_FILE = "report.json"
+# What `penultimate explain-dropout` adds: the markdown with the pictures inline.
+MARKDOWN_FILE = "report.md"
 # Samples of a sequence mask drawn side by side: two show whether samples share one mask.
 _PICTURED_SAMPLES = 2
 
@@ -170,7 +172,6 @@ def dropout_report_summary(folder: Path) -> str:
     """What a terminal shows of a written report: each mask's numbers, the layers a step moved
     and kept, where the full report is."""
     report = json.loads((folder / REPORT_FILE).read_text())
-    (folder / "report.md").write_text(dropout_report_markdown(folder, folder, folder.name))
     lines = []
     for m in report["masks"]:
         shared = ", ".join(m["shared_along"]) or "nothing"
@@ -188,5 +189,5 @@ def dropout_report_summary(folder: Path) -> str:
     lines.append(f"bit-identical after it: {', '.join(kept) or 'nothing'}")
     for e in report["embeddings"]:
         lines.append(f"{e['comparison']}: mean cosine {e['cosine_mean']:.4f}")
-    lines.append(f"report: {folder / 'report.md'} (pictures: {folder}/mask_*.png)")
+    lines.append(f"report: {folder / MARKDOWN_FILE} (pictures: {folder}/mask_*.png)")
     return "\n".join(lines)

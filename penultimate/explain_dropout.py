@@ -5,6 +5,9 @@ far it moves the served embedding.
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -180,13 +183,15 @@ def weight_effects(
 
 
 def embedding_effects(
-    model: TextClassifier, inputs: Mapping[str, tf.Tensor], infer: Mapping[str, tf.Tensor]
+    model: TextClassifier,
+    inputs: Mapping[str, tf.Tensor],
+    first: Mapping[str, tf.Tensor],
+    infer: Mapping[str, tf.Tensor],
 ) -> list[dict[str, Any]]:
     """The served embedding (the penultimate layer at inference) against what dropout makes of
-    it: the same layer with `training=True`, after the head dropout, and two training draws
-    against each other; cosines per sample."""
+    it: the same layer in the `first` training-mode pass, after the head dropout, and that pass
+    against a second draw; cosines per sample."""
     served = model.embed(dict(inputs)).numpy()
-    first = model.tapped_forward(inputs, training=True)
     second = model.tapped_forward(inputs, training=True)
     rows = [
         ("served embedding, computed twice at inference", served, infer["penultimate"].numpy()),
@@ -224,7 +229,7 @@ def explain_dropout(
     compile_for_one_step: Callable[[TextClassifier], None],
 ) -> dict[str, Any]:
     """The dropout report of `model` on one batch of encoder `inputs` with class ids `labels`:
-    `masks` (per dropout layer, `mask_statistics` with its `kept` array), `outputs`
+    `masks` (per dropout layer, `mask_statistics` with its `realised` array), `outputs`
     (`output_changes`), `weights` (`weight_effects`) and `embeddings` (`embedding_effects`).
 
     Example:
@@ -242,8 +247,9 @@ def explain_dropout(
         mask_statistics(layer, train[f"{layer.name}:input"].numpy(), train[layer.name].numpy())
         for layer in layers
     ]
-    # Encoder outputs and the report's own comparisons first; every weight restored afterwards.
-    embeddings = embedding_effects(model, inputs, infer)
+    # Every forward pass before the training step, which changes the weights until it puts
+    # them back.
+    embeddings = embedding_effects(model, inputs, train, infer)
     return {
         "batch": int(token_mask.shape[0]),
         "tokens": int(token_mask.shape[1]),
@@ -261,7 +267,11 @@ def explain_classifier_artifact(uri: str | Path, out: Path | None = None) -> Pat
     classifier an export artifact was made from), on the first `REPORT_BATCH` texts of its
     dataset's train split, written to `out` (default `./dropout-report-<key>`); returns `out`."""
     from penultimate.artifacts import ArtifactStore, open_artifact
-    from penultimate.dropout_report import write_dropout_report
+    from penultimate.dropout_report import (
+        MARKDOWN_FILE,
+        dropout_report_markdown,
+        write_dropout_report,
+    )
     from penultimate.errors import InputError
     from penultimate.ingest import read_dataset
     from penultimate.stages import CLASSIFIER_STAGE, DATASET_STAGE, EXPORT_STAGE
@@ -286,6 +296,21 @@ def explain_classifier_artifact(uri: str | Path, out: Path | None = None) -> Pat
         trained.labels.encode(rows["label"]),
         lambda model: compile_end_to_end(model, None),
     )
-    folder = out or Path(f"dropout-report-{classifier.key[:12]}")
-    write_dropout_report(report, folder)
+    folder = (out or Path(f"dropout-report-{classifier.key[:12]}")).resolve()
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # Written beside the target and renamed into place: a killed run leaves the old report or
+    # none, never half of one.
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        write_dropout_report(report, staging)
+        (staging / MARKDOWN_FILE).write_text(dropout_report_markdown(staging, staging, folder.name))
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+            folder.rename(old)
+            staging.rename(folder)
+            shutil.rmtree(old)
+        else:
+            staging.rename(folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return folder

@@ -154,6 +154,12 @@ def test_explain_dropout_reads_the_classifier_behind_an_export(
     assert [m["layer"] for m in report["masks"]] == ["dropout_0_pooled", "dropout_1_head"]
     assert (out / "mask_dropout_1_head.png").stat().st_size > 5_000
     assert "data:image/png;base64," in (out / "report.md").read_text()
+    # A rerun replaces the report whole and leaves no staging folder beside it.
+    again = run_cli("explain-dropout", "--classifier", export_ref.uri, "--out", str(out))
+    assert again.returncode == 0, again.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
+    rewritten = json.loads((out / "report.json").read_text())
+    assert [m["layer"] for m in rewritten["masks"]] == ["dropout_0_pooled", "dropout_1_head"]
     wrong = run_cli("explain-dropout", "--classifier", str(export_ref.path.parent))
     assert wrong.returncode == 2 and wrong.stderr.startswith("error: ")
 
