@@ -8,6 +8,8 @@ import json
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -102,17 +104,19 @@ def _entropy(probabilities: tf.Tensor) -> tf.Tensor:
 
 def write_export(trained: TrainedClassifier, out: Path, probe_texts: list[str]) -> dict[str, Any]:
     """Save into `out/saved_model`, verify in a fresh process, and return the report."""
-    module = ClassifierServing(trained)
-    signatures = {
-        "serving_default": module.serve,
-        "embed": module.embed,
-        "encode": module.encode,
-        "predict_mc": module.predict_mc,
-    }
-    saved = out / SAVED_MODEL_DIR
-    tf.saved_model.save(module, str(saved), signatures=signatures)
-    (out / "labels.json").write_text(json.dumps(trained.labels.names))
-    report = verify_export(trained, saved, probe_texts)
+    # The checker's interpreter imports TensorFlow (~3.5 s) while this process saves.
+    with tempfile.TemporaryDirectory() as tmp, _started_checker(Path(tmp)) as checker:
+        module = ClassifierServing(trained)
+        signatures = {
+            "serving_default": module.serve,
+            "embed": module.embed,
+            "encode": module.encode,
+            "predict_mc": module.predict_mc,
+        }
+        saved = out / SAVED_MODEL_DIR
+        tf.saved_model.save(module, str(saved), signatures=signatures)
+        (out / "labels.json").write_text(json.dumps(trained.labels.names))
+        report = verify_export(checker, trained, saved, probe_texts, Path(tmp))
     report["encoder"] = trained.loaded.info.summary()
     report["verified_texts"] = len(probe_texts)
     return report
@@ -128,29 +132,46 @@ def expected_outputs(trained: TrainedClassifier, texts: list[str]) -> dict[str, 
     }
 
 
-def verify_export(trained: TrainedClassifier, saved: Path, texts: list[str]) -> dict[str, Any]:
-    """Reload in a fresh Python (tensorflow + tensorflow_text only), compare and describe the
-    signatures there (this process never loads the SavedModel); raise if off."""
-    with tempfile.TemporaryDirectory() as tmp:
-        expected = Path(tmp) / "expected.npz"
-        np.savez(expected, texts=np.array(texts, dtype=object), **expected_outputs(trained, texts))
-        report_file, stderr_file = Path(tmp) / "report.json", Path(tmp) / "stderr.txt"
-        command = [sys.executable, str(_CHECKER), str(saved), str(expected), str(report_file)]
-        with (
-            stderr_file.open("w") as stderr,
-            subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True) as check,
-            progress_bar(len(CHECK_STEPS), "checking the export", "step") as bar,
-        ):
-            assert check.stdout is not None
-            for line in check.stdout:
-                if line.startswith("step "):
-                    bar.update()
-            returncode = check.wait(timeout=900)
-        if returncode != 0:
-            raise ExportVerificationError(
-                f"export check crashed:\n{stderr_file.read_text()[-3000:]}"
-            )
-        report = json.loads(report_file.read_text())
+@contextmanager
+def _started_checker(tmp: Path) -> Iterator[subprocess.Popen[str]]:
+    """A fresh Python running export_check.py, waiting on stdin for what to check; killed if the
+    export fails before it is asked."""
+    with (tmp / "stderr.txt").open("w") as stderr:
+        command = [sys.executable, str(_CHECKER)]
+        with subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True
+        ) as checker:
+            try:
+                yield checker
+            finally:
+                if checker.poll() is None:
+                    checker.kill()
+
+
+def verify_export(
+    checker: subprocess.Popen[str],
+    trained: TrainedClassifier,
+    saved: Path,
+    texts: list[str],
+    tmp: Path,
+) -> dict[str, Any]:
+    """Have `checker` (tensorflow + tensorflow_text only) reload `saved`, compare and describe the
+    signatures (this process never loads the SavedModel); raise if off."""
+    assert checker.stdin is not None and checker.stdout is not None
+    expected, report_file = tmp / "expected.npz", tmp / "report.json"
+    np.savez(expected, texts=np.array(texts, dtype=object), **expected_outputs(trained, texts))
+    with progress_bar(len(CHECK_STEPS), "checking the export", "step") as bar:
+        with suppress(BrokenPipeError):  # a checker that already died is reported below
+            checker.stdin.write("\n".join(map(str, (saved, expected, report_file))) + "\n")
+            checker.stdin.close()
+        for line in checker.stdout:
+            if line.startswith("step "):
+                bar.update()
+        returncode = checker.wait(timeout=900)
+    if returncode != 0:
+        stderr = (tmp / "stderr.txt").read_text()[-3000:]
+        raise ExportVerificationError(f"export check crashed:\n{stderr}")
+    report = json.loads(report_file.read_text())
     failures = {k: v for k, v in report["max_abs_diff"].items() if v > TOLERANCE}
     if failures:
         raise ExportVerificationError(

@@ -1,6 +1,8 @@
 """Standalone check of an exported classifier, run in a fresh Python by `export.verify_export`.
 
-It imports only tensorflow and tensorflow_text, proving that is all a consumer needs.
+It imports only tensorflow and tensorflow_text, proving that is all a consumer needs. It starts
+before the SavedModel exists and reads the saved folder, expected outputs and report path from
+stdin, one per line, so its imports overlap the exporter's save.
 """
 
 import json
@@ -74,4 +76,4 @@ def describe_signatures(model: tf.Module) -> dict:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*[sys.stdin.readline().strip() for _ in range(3)])

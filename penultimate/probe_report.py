@@ -5,6 +5,7 @@ accuracy by layer per pooling, and a markdown report with the recommendation.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -107,13 +108,18 @@ def report_markdown(table: pl.DataFrame, advice: dict[str, Any], rows: dict[str,
 
 
 def write_probe_artifact(
-    shards: EmbeddingShards, blocks: list[dict[str, Any]], config: ProbeConfig, out: Path
+    shards: EmbeddingShards,
+    blocks: list[dict[str, Any]],
+    config: ProbeConfig,
+    out: Path,
+    log: Callable[[str], None] = lambda line: None,
 ) -> dict[str, Any]:
     """Score every choice and write scores.csv, scores.json, heatmap.png, by_layer.png and
-    report.md into `out`; returns the manifest metrics (the recommendation and row counts)."""
+    report.md into `out`; returns the manifest metrics (the recommendation and row counts).
+    `log` gets a line per scored choice."""
     rows = read_probe_rows(shards, config.max_train_rows, config.max_test_rows, config.seed)
     table = probe_table(
-        rows, parse_choices(blocks), config.regularization, config.cluster_rows, config.seed
+        rows, parse_choices(blocks), config.regularization, config.cluster_rows, config.seed, log
     )
     chance = chance_accuracy(rows.train_labels, rows.test_labels)
     advice = recommend(table, chance)

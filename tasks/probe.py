@@ -67,4 +67,4 @@ def probe_embeddings(
         raise ProbeInputError(
             f"{embeddings.uri}: not an all_choices embeddings artifact (no choice_blocks)"
         )
-    return write_probe_artifact(shards, blocks, config, out)
+    return write_probe_artifact(shards, blocks, config, out, get_run_logger().info)

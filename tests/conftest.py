@@ -7,7 +7,9 @@ The server and the encoder are built once per session; each test gets its own ar
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -80,17 +82,18 @@ def encoder_store(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture
 def store_with_encoder(tmp_path: Path, minilm_pair: Path) -> str:
     """A fresh store holding the session's built encoder (copied, so nothing rebuilds it)."""
-    import shutil
-
     root = tmp_path / "store"
     shutil.copytree(minilm_pair, root / minilm_pair.parent.name / minilm_pair.name)
     return str(root)
 
 
 @pytest.fixture(scope="session")
-def minilm_pair(encoder_store: str) -> Path:
-    """The built-in encoder, built once by the library converter (no Prefect server needed) into
-    the session's store under the key the build-encoder task computes, so flows reuse it."""
+def minilm_pair(
+    encoder_store: str, tmp_path_factory: pytest.TempPathFactory, worker_id: str
+) -> Path:
+    """The built-in encoder, built by the library converter (no Prefect server needed) under the
+    key the build-encoder task computes, so flows reuse it; built once per test session (the
+    first pytest-xdist worker to get here builds it, the others copy it into their store)."""
     from penultimate.artifacts import ArtifactStore
     from penultimate.config import EncoderConfig
     from penultimate.encoders.bert_convert import build_encoder_pair
@@ -106,7 +109,19 @@ def minilm_pair(encoder_store: str) -> Path:
         build_encoder_pair(resolve_weights_folder(config.source or ""), out, seq_length=128)
         return EncoderPair(out).read_info().summary()
 
-    return ArtifactStore(encoder_store).publish(ENCODER_STAGE, key_config, build).ref.path
+    session_root = tmp_path_factory.getbasetemp()
+    if worker_id != "master":
+        session_root = session_root.parent  # shared by this session's workers
+    shared = ArtifactStore(session_root / "minilm-store")
+    ref = shared.ref_for(ENCODER_STAGE, key_config, [])
+    with (session_root / "minilm.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if shared.validate(ref) is None:
+            shared.publish(ENCODER_STAGE, key_config, build, ref=ref)
+    folder = Path(encoder_store) / ENCODER_STAGE.name / ref.key
+    if not folder.exists():
+        shutil.copytree(ref.path, folder)
+    return folder
 
 
 @pytest.fixture(scope="session")
@@ -159,6 +174,9 @@ SLOWEST_FIRST = [
 ]
 
 
+# tryfirst: pytest-xdist's worker reads the xdist_group marks in its own modifyitems hook, which
+# pluggy would otherwise call before this one (registered later, called first).
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {module: position for position, module in enumerate(SLOWEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
@@ -172,6 +190,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.flow)
         else:
             item.add_marker(pytest.mark.library)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Under `--dist loadgroup`, fail if pytest-xdist did not apply the groups: it then spreads a
+    group's tests over both workers and each builds the group's classifiers and exports again
+    (measured: pytest 9.2.0 with pytest-xdist 3.8.0, whose suffix on the node id is lost)."""
+    if not session.config.getoption("loadgroup", False):
+        return
+    lost = [i.nodeid for i in session.items if i.path.name in SHARED_FIXTURE_GROUPS]
+    lost = [nodeid for nodeid in lost if "@" not in nodeid]
+    if lost:
+        raise pytest.UsageError(f"pytest-xdist ignored the xdist_group of {lost[0]} (and others)")
 
 
 def task_run_states(flow_state: object, subflows: bool = False) -> dict[str, str]:

@@ -45,7 +45,12 @@ from tasks.encoder import build_encoder
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
 SEQ_LENGTH = 64
-FINE_TUNED = {"freeze": "top:1", "pooling": "mean", "hidden": [{"units": 16}]}
+FINE_TUNED = {
+    "freeze": "top:1",
+    "pooling": "mean",
+    "hidden": [{"units": 16}],
+    "dropout": [{"at": "sequence", "rate": 0.1, "mask": "feature"}],
+}
 TRAIN_RUNS = {
     "frozen-pooled": {"freeze": "all", "pooling": "pooled"},
     "frozen-cls": {"freeze": "all", "pooling": "cls"},
@@ -91,9 +96,10 @@ def dataset(corpus_slice: Path, store: str, prefect_api: str) -> ArtifactRef:
 
 
 @pytest.fixture(scope="module")
-def models(dataset: ArtifactRef, store: str) -> dict[str, ArtifactRef]:
-    """One classifier per freeze x pooling setting, trained on the committed pair."""
-    refs = {}
+def trained(dataset: ArtifactRef, store: str) -> dict[str, tuple[ArtifactRef, dict[str, str]]]:
+    """One classifier per freeze x pooling setting, trained on the committed pair, with the
+    states of its train run's tasks."""
+    runs = {}
     for name, overrides in TRAIN_RUNS.items():
         state = train(
             config=train_config(HUB_PAIR, **overrides),
@@ -102,8 +108,13 @@ def models(dataset: ArtifactRef, store: str) -> dict[str, ArtifactRef]:
             return_state=True,
         )
         assert state.is_completed(), f"{name}: {state.message}"
-        refs[name] = state.result()
-    return refs
+        runs[name] = (state.result(), task_run_states(state))
+    return runs
+
+
+@pytest.fixture(scope="module")
+def models(trained: dict[str, tuple[ArtifactRef, dict[str, str]]]) -> dict[str, ArtifactRef]:
+    return {name: ref for name, (ref, _) in trained.items()}
 
 
 def embedded(ref: ArtifactRef, store: str) -> np.ndarray:
@@ -131,12 +142,16 @@ def test_import_records_the_pair_and_keys_it_by_content(store: str, tmp_path: Pa
     assert same.ref == ref and same.complete
 
 
-def test_train_every_freeze_and_pooling_on_the_pair(models: dict[str, ArtifactRef]) -> None:
-    for name, ref in models.items():
+def test_train_every_freeze_and_pooling_on_the_pair(
+    trained: dict[str, tuple[ArtifactRef, dict[str, str]]],
+) -> None:
+    for name, (ref, states) in trained.items():
         metrics = json.loads((ref.path / "metrics.json").read_text())
         assert metrics["epochs_run"] == 1, name
         assert sum(map(sum, metrics["test"]["confusion_matrix"])) == metrics["test"]["rows"]
         assert json.loads((ref.path / "classifier.json").read_text())["encoder_key"]
+        # A frozen encoder trains on cached features; fine-tuning runs end to end without them.
+        assert ("encode-features" in states) == name.startswith("frozen"), name
 
 
 def test_export_of_the_fine_tuned_pair_verifies_and_serves(

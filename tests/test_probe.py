@@ -169,7 +169,7 @@ def test_the_probes_encoder_pass_serves_later_embeddings_and_training(
     from penultimate.ingest import dataset_shard_entries
     from penultimate.shard_features import DEFAULT_PASS, every_choice_features, read_features
 
-    # The probe's own encoder (the session's store may hold others, e.g. a seq_length-32 one).
+    # The probe's own encoder (the session's store may hold others).
     embeddings = store.resolve(store.read_manifest(probed[0]).inputs[0])  # type: ignore[union-attr]
     encoder = next(
         store.resolve(r)
@@ -205,7 +205,7 @@ def test_a_representation_that_carries_nothing_scores_at_chance(
         np.zeros((len(real.test_labels), 384), np.float32),
     )
     chance = chance_accuracy(real.train_labels, real.test_labels)
-    scores = fit_probe(
+    scores, _ = fit_probe(
         zeros.train_vectors, zeros.train_labels, zeros.test_vectors, zeros.test_labels, 1.0
     )
     assert scores["accuracy"] == pytest.approx(chance)
