@@ -193,6 +193,26 @@ def dataset_rows(store: ArtifactStore, dataset: ArtifactRef) -> int:
     return store.read_manifest(dataset).metrics["rows"]  # type: ignore[union-attr]
 
 
+def test_choices_scored_in_parallel_match_one_by_one_and_each_logs_a_line(
+    probe_inputs: tuple[ProbeRows, list[dict]], config: ProbeConfig
+) -> None:
+    rows, blocks = probe_inputs
+    choices = parse_choices(blocks)[:3]
+    lines: list[str] = []
+    table = probe_table(rows, choices, 1.0, 300, config.seed, lines.append)
+    assert sorted(line.split(":")[0] for line in lines) == [f"probe {n}/3" for n in (1, 2, 3)]
+    assert {line.split(": ")[1].split(" accuracy")[0] for line in lines} == {
+        c.label for c in choices
+    }
+    for choice, row in zip(choices, table.iter_rows(named=True), strict=True):
+        one = score_choice(
+            rows, slice(choice.start, choice.start + choice.dim), 1.0, 300, config.seed
+        )
+        assert row["choice"] == choice.label
+        assert row["accuracy"] == round(one["accuracy"], 4)
+        assert row["control_accuracy"] == round(one["control_accuracy"], 4)
+
+
 def test_a_representation_that_carries_nothing_scores_at_chance(
     probe_inputs: tuple[ProbeRows, list[dict]], config: ProbeConfig
 ) -> None:
