@@ -203,9 +203,9 @@ def score_choice(
     rows: ProbeRows, columns: slice, regularization: float, cluster_rows: int, seed: int
 ) -> dict[str, float]:
     """Every score of one choice (the columns `columns` of the vectors)."""
-    scaler = StandardScaler().fit(rows.train_vectors[:, columns])
-    train_x = scaler.transform(rows.train_vectors[:, columns])
-    test_x = scaler.transform(rows.test_vectors[:, columns])
+    train_raw, test_raw = rows.train_vectors[:, columns], rows.test_vectors[:, columns]
+    scaler = StandardScaler().fit(train_raw)
+    train_x, test_x = scaler.transform(train_raw), scaler.transform(test_raw)
     real, iterations = fit_probe(
         train_x, rows.train_labels, test_x, rows.test_labels, regularization
     )
@@ -223,7 +223,7 @@ def score_choice(
             regularization,
             max_iter=iterations,
         )
-    every = np.concatenate([rows.train_vectors[:, columns], rows.test_vectors[:, columns]])
+    every = np.concatenate([train_raw, test_raw])
     # Rows are in corpus order, whose head may be all one label: sample, don't slice.
     sample = np.random.default_rng(seed).permutation(len(every))[:cluster_rows]
     truth = np.concatenate([rows.train_labels, rows.test_labels])[sample]
