@@ -155,7 +155,7 @@ class WordpieceTokenizer(tf.Module):
             no_pretokenization=True,
         )
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)], autograph=False)
     def __call__(self, texts: tf.Tensor) -> tf.RaggedTensor:
         """[batch] strings to int32 wordpiece ids [batch, (words), (wordpieces)]."""
         normalized = normalize_like_bert_reference(texts)
@@ -227,12 +227,12 @@ class BertPreprocessor(tf.Module):
             "input_type_ids": tf.cast(type_ids, tf.int32),
         }
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)], autograph=False)
     def __call__(self, texts: tf.Tensor) -> dict[str, tf.Tensor]:
         """[batch] strings to `input_word_ids`/`input_mask`/`input_type_ids` [batch, seq_length]."""
         return self._pack([self.tokenize(texts)], tf.constant(self.seq_length))
 
-    @tf.function
+    @tf.function(autograph=False)
     def bert_pack_inputs(
         self, segments: list[tf.RaggedTensor], seq_length: tf.Tensor | None = None
     ) -> dict[str, tf.Tensor]:
@@ -253,8 +253,9 @@ class BertPreprocessor(tf.Module):
         ):
             for count in _SEGMENTS_SUPPORTED:
                 self.bert_pack_inputs.get_concrete_function([tokens] * count)
+                # Named as `tf.saved_model.save` names it, or it traces this form again.
                 self.bert_pack_inputs.get_concrete_function(
-                    [tokens] * count, tf.TensorSpec([], tf.int32)
+                    [tokens] * count, tf.TensorSpec([], tf.int32, name="seq_length")
                 )
 
 
