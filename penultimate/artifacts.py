@@ -6,6 +6,7 @@ A folder `ROOT/<stage>/<key>/` exists for readers only when its `manifest.json` 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -34,6 +35,10 @@ _TRASH_PREFIX = ".trash-"
 # swept at once. A writer on another host cannot be asked, so its folder is swept when this old.
 _ABANDONED_AFTER_S = 6 * 3600
 _HOST = socket.gethostname().replace("-", "_")
+# Why a store cannot take a write: full, over quota, read-only, refused.
+STORE_FULL_OR_LOCKED = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+)
 
 
 class ArtifactRef(BaseModel):
@@ -275,7 +280,13 @@ class ArtifactStore:
         staging = stage_dir / f"{_STAGING_PREFIX}{ref.key}-{_writer_tag()}"
         staging.mkdir()
         try:
-            metrics = dict(write(staging) or {})
+            try:
+                metrics = dict(write(staging) or {})
+            except Exception as error:
+                store_error = store_write_error(error, self.root)
+                if store_error is None or store_error is error:
+                    raise
+                raise store_error from error
             manifest = Manifest(
                 stage=stage.name,
                 key=ref.key,
@@ -370,6 +381,22 @@ class ArtifactStore:
         if newest is None:
             raise InputError(f"no {stage.name} artifact in {self.root}: run {made_by} first")
         return newest
+
+
+def store_write_error(error: BaseException, where: Path) -> OSError | None:
+    """The store-full-or-locked `OSError` behind a failed write, or None if it is something else.
+
+    Libraries with native writers report it as text only: polars (Rust) as "... (os error 28)",
+    TensorFlow (C++) with the system's message ("No space left on device"); both become the
+    `OSError` they stand for, with `where` as its file name, so callers can treat them alike.
+    """
+    if isinstance(error, OSError):
+        return error if error.errno in STORE_FULL_OR_LOCKED else None
+    text = str(error)
+    for code in sorted(STORE_FULL_OR_LOCKED):
+        if f"(os error {code})" in text or os.strerror(code) in text:
+            return OSError(code, os.strerror(code), str(where))
+    return None
 
 
 def _writer_tag() -> str:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import importlib.metadata
 import os
 import sys
@@ -14,7 +13,7 @@ import traceback
 from pathlib import Path
 
 import penultimate
-from penultimate.artifacts import HOME_ENV, ArtifactRef, ArtifactStore
+from penultimate.artifacts import HOME_ENV, STORE_FULL_OR_LOCKED, ArtifactRef, ArtifactStore
 from penultimate.config import (
     ClusterConfig,
     EmbedConfig,
@@ -43,7 +42,6 @@ STORE_WRITERS = {
     "probe",
 }
 _RUN_CONTEXT = contextlib.ExitStack()
-STORE_FULL_OR_LOCKED = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 NEWEST = "default: the store's newest"
 
 

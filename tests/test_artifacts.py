@@ -191,3 +191,31 @@ def test_writers_publishing_side_by_side_do_not_trip_over_each_other(
     assert len(published) == (150 if keys == "same keys" else 4 * 150)
     assert all(store.validate(ref) is not None for ref in published)
     assert [p.name for p in (tmp_path / "demo").iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.parametrize(
+    ("message", "errno_code"),
+    [
+        ("parquet: underlying IO error: No space left on device (os error 28)", 28),
+        ("Failed to write checkpoint: Read-only file system", 30),
+        ("shapes (3,) and (4,) not aligned", None),
+    ],
+)
+def test_a_native_writers_full_or_read_only_store_becomes_that_os_error(
+    tmp_path: Path, message: str, errno_code: int | None
+) -> None:
+    """Libraries with native writers (polars, TensorFlow) name a full or read-only disk only in
+    their message; the store raises the OSError it stands for and publishes nothing."""
+    store = ArtifactStore(tmp_path)
+
+    def fail(folder: Path) -> None:
+        (folder / "part").write_bytes(b"x")
+        raise RuntimeError(message)
+
+    expected = OSError if errno_code else RuntimeError
+    with pytest.raises(expected) as raised:
+        store.publish(STAGE, {"n": 1}, fail)
+    if errno_code:
+        assert raised.value.errno == errno_code and raised.value.filename == str(tmp_path)
+        assert isinstance(raised.value.__cause__, RuntimeError)
+    assert list((tmp_path / STAGE.name).iterdir()) == []

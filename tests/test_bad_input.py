@@ -130,3 +130,58 @@ def test_a_killed_command_run_is_marked_crashed_by_the_next_command(
     )
     assert [run["state_type"] for run in runs] == ["CRASHED"]
     assert "exited without reporting" in runs[0]["state"]["message"]
+
+
+def in_own_mount(store: Path, mount_options: str, script: str) -> subprocess.CompletedProcess[str]:
+    """`script` (sh) with a fresh tmpfs mounted at `store` with `mount_options`, in a private user
+    and mount namespace: a real read-only or full file system, without root and without touching
+    the machine's mounts (the mount vanishes when the script ends)."""
+    store.mkdir(exist_ok=True)
+    cli = f"{sys.executable} -m penultimate.cli --store {store}"
+    mount = f"mount -t tmpfs -o {mount_options} tmpfs {store}"
+    command = ["unshare", "--mount", "--map-root-user", "sh", "-c", f"{mount} && {script}"]
+    result = subprocess.run(
+        command, capture_output=True, text=True, cwd=REPO, env={**os.environ, "CLI": cli},
+        timeout=600,
+    )  # fmt: skip
+    if result.returncode != 0 and "mount" in result.stderr and "error:" not in result.stderr:
+        pytest.fail(f"cannot mount a private tmpfs here: {result.stderr.strip()}")
+    return result
+
+
+def test_a_read_only_store_stops_the_command_before_any_work(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    result = in_own_mount(store, "ro", "$CLI cluster")
+    assert one_error_line(result) == f"error: store {store}: not writable (Read-only file system)"
+
+
+def test_a_full_store_publishes_nothing_and_a_rerun_after_freeing_space_completes(
+    prefect_api: str, corpus_slice: Path, tmp_path: Path
+) -> None:
+    store, out = tmp_path / "store", tmp_path / "out"
+    out.mkdir()
+    config = tmp_path / "ingest.yaml"
+    config.write_text(f"source: {corpus_slice}\ntext_format: email\ntext_column: raw\n")
+    # The shards of 300 mails need about a megabyte: 256 KiB fills up in the middle of the work.
+    script = (
+        f"$CLI ingest --config {config} 2> {out}/full.err; echo $? > {out}/full.rc; "
+        f"find {store} -mindepth 1 > {out}/after-full.txt; "
+        f"mount -o remount,size=64m {store} && "
+        f"$CLI ingest --config {config} > {out}/rerun.out 2>&1; echo $? > {out}/rerun.rc; "
+        f"cp -a {store}/. {out}/store"
+    )
+    result = in_own_mount(store, "size=256k", script)
+    assert result.returncode == 0, result.stderr
+    full = subprocess.CompletedProcess([], int((out / "full.rc").read_text()), "",
+                                       (out / "full.err").read_text())  # fmt: skip
+    # polars reports the full disk as text ("... (os error 28)"): the store names it as such.
+    assert (
+        one_error_line(full) == f"error: No space left on device: {store} (nothing was published)"
+    )
+    # Nothing half-written stays behind: no artifact, no staging folder.
+    listing = (out / "after-full.txt").read_text()
+    assert listing.split() == [f"{store}/dataset"], listing
+    assert (out / "rerun.rc").read_text().strip() == "0", (out / "rerun.out").read_text()
+    copy = ArtifactStore(out / "store")
+    (dataset,) = copy.artifacts("dataset")
+    assert copy.validate(dataset) is not None
