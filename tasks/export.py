@@ -31,5 +31,11 @@ def export_classifier(
     trained = TrainedClassifier.load(classifier.path)
     texts = held_out_texts(dataset, config.verify_texts)
     report = write_export(trained, out, texts)
-    get_run_logger().info("export verified on %d texts: %s", len(texts), report["max_abs_diff"])
+    diffs = report["max_abs_diff"]
+    get_run_logger().info(
+        "export verified on %d texts: %d comparisons after reload, largest difference %.1e",
+        len(texts),
+        len(diffs),
+        max(diffs.values()),
+    )
     return report

@@ -42,12 +42,19 @@ def check_training_inputs(
     label_counts = manifest.metrics.get("label_counts_per_split")
     labels = validate_training_inputs(config, dataset, label_counts, info)
     get_run_logger().info(
-        "labels %s; encoder: %d layers, hidden size %d",
-        labels.names,
+        "%s; encoder: %d layers, hidden size %d",
+        named_labels(labels.names),
         info.num_layers,
         info.hidden_size,
     )
     return labels.names
+
+
+def named_labels(names: list[str], shown: int = 8) -> str:
+    """`2 labels: ham, spam`; past `shown` names, the first ones, `...` and the last."""
+    if len(names) <= shown:
+        return f"{len(names)} labels: {', '.join(names)}"
+    return f"{len(names)} labels: {', '.join(names[: shown - 1])}, ..., {names[-1]}"
 
 
 def features_identity(params: Mapping[str, Any]) -> tuple[dict[str, str], list[ArtifactRef]]:

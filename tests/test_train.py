@@ -306,3 +306,14 @@ def test_training_logs_timed_epochs_and_a_named_tensorboard_run_with_hparams(
     assert session.hparams["dropout_sequence"].number_value == 0
     assert session.hparams["learning_rate"].number_value == pytest.approx(3e-2)
     assert hparams["dropout"] == "string_value" and hparams["layer"] == "number_value"
+
+
+def test_the_label_line_stays_short_for_many_classes() -> None:
+    from tasks.train import named_labels
+
+    assert named_labels(["ham", "spam"]) == "2 labels: ham, spam"
+    many = [f"class {i:02d}" for i in range(43)]
+    assert named_labels(many) == (
+        "43 labels: class 00, class 01, class 02, class 03, class 04, class 05, class 06, ..., "
+        "class 42"
+    )
