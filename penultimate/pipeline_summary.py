@@ -15,7 +15,7 @@ from penultimate.ui import file_url, inline_png
 
 # The plots the summary shows inline, by pipeline stage.
 SUMMARY_PLOTS = {"train": ["confusion_matrix.png"], "cluster": ["map_by_label.png"]}
-# Each stage's own Prefect report (its newest version is one click away on the artifact's page).
+# Each stage's own Prefect report, linked from the summary (this run's version where it has one).
 STAGE_REPORTS = {
     "ingest": "dataset-summary",
     "train": "classifier-report",
@@ -88,8 +88,11 @@ def _how(run: StageRun) -> str:
     return f"{'computed' if run.computed else 'cached'} in {run.seconds:.1f} s"
 
 
-def pipeline_markdown(run: PipelineRun, store: ArtifactStore, ui_url: str) -> str:
-    """The Prefect UI's summary: a row per stage linking its files, then the key plots inline."""
+def pipeline_markdown(
+    run: PipelineRun, store: ArtifactStore, report_links: Mapping[str, str]
+) -> str:
+    """The Prefect UI's summary: a row per stage linking its files and its report (`report_links`:
+    report key -> URL, those without one shown unlinked), then the key plots inline."""
     lines = [
         "# Pipeline run",
         "",
@@ -103,7 +106,7 @@ def pipeline_markdown(run: PipelineRun, store: ArtifactStore, ui_url: str) -> st
         metrics = manifest.metrics if manifest else {}
         link = f"[`{ref.key[:12]}`]({file_url(store.root, ref.path)})"
         report = STAGE_REPORTS.get(stage)
-        shown = f"[{report}]({ui_url}/artifacts/key/{report})" if report and ui_url else ""
+        shown = f"[{report}]({report_links[report]})" if report in report_links else ""
         numbers = headline(ref.stage, metrics)
         lines.append(f"| {stage} | {link} | {shown} | {_how(stage_run)} | {numbers} |")
         plots += [

@@ -10,16 +10,25 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from prefect import task
+from prefect import get_client, task
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
     update_progress_artifact,
 )
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    ArtifactFilterKey,
+    FlowRunFilter,
+    FlowRunFilterParentFlowRunId,
+)
+from prefect.client.schemas.sorting import ArtifactSort
+from prefect.runtime import flow_run
 from prefect.settings import PREFECT_UI_URL
 
 from penultimate.artifacts import ArtifactRef, ArtifactStore
-from penultimate.pipeline_summary import PipelineRun, StageRun, pipeline_markdown
+from penultimate.pipeline_summary import STAGE_REPORTS, PipelineRun, StageRun, pipeline_markdown
 
 
 class PipelineProgress:
@@ -51,10 +60,45 @@ class PipelineProgress:
         return PipelineRun(stages=self.stages)
 
 
+def stage_report_links(ui_url: str) -> dict[str, str]:
+    """Report key -> UI link for each stage report: this pipeline run's own version (made in one
+    of its subflows, a cached stage's republished one too), else the key's page of versions."""
+    keys = list(STAGE_REPORTS.values())
+    with get_client(sync_client=True) as client:
+        runs: list[UUID] = []
+        frontier = [UUID(flow_run.id)] if flow_run.id else []
+        while frontier:  # the pipeline run and its subflows, all levels down
+            runs += frontier
+            children = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=frontier)
+                ),
+                limit=200,
+            )
+            frontier = [child.id for child in children]
+        reports = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=keys),
+                flow_run_id=ArtifactFilterFlowRunId(any_=runs),
+            ),
+            sort=ArtifactSort.CREATED_DESC,
+            limit=200,
+        )
+    newest = {str(report.key): report.id for report in reversed(reports)}
+    return {
+        key: f"{ui_url}/artifacts/artifact/{newest[key]}"
+        if key in newest
+        else f"{ui_url}/artifacts/key/{key}"
+        for key in keys
+    }
+
+
 @task(name="publish-pipeline-summary")
 def publish_pipeline_summary(run: PipelineRun, store_root: str) -> str:
     """Publish (and return) the summary; not cached: each run gets its own."""
-    markdown = pipeline_markdown(run, ArtifactStore(store_root), PREFECT_UI_URL.value() or "")
+    ui_url = PREFECT_UI_URL.value()
+    links = stage_report_links(ui_url) if ui_url else {}
+    markdown = pipeline_markdown(run, ArtifactStore(store_root), links)
     create_markdown_artifact(
         key="pipeline-summary", markdown=markdown, description="Outputs of every pipeline stage"
     )

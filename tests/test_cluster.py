@@ -409,10 +409,12 @@ def test_the_pipeline_summary_shows_plots_inline_and_links_over_http(tmp_path: P
             "cluster": StageRun(artifact=clusters, computed=True, seconds=1.5),
         }
     )
-    markdown = pipeline_markdown(run, store, "http://ui.example")
+    links = {"cluster-report": "http://ui.example/artifacts/artifact/1234"}
+    markdown = pipeline_markdown(run, store, links)
     assert "![cluster: map_by_label.png](data:image/png;base64," in markdown
     assert f"({files_url()}/clusters/{clusters.key}/map.html)" in markdown
-    assert "[cluster-report](http://ui.example/artifacts/key/cluster-report)" in markdown
+    assert "[cluster-report](http://ui.example/artifacts/artifact/1234)" in markdown
+    assert "embed-progress" not in markdown  # no link known: not shown
     assert "| cached in 0.4 s |" in markdown and "| computed in 1.5 s |" in markdown
     assert "file://" not in markdown
     text = pipeline_text(run, store)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -85,6 +86,10 @@ def check_reruns(corpus_slice: Path, store: str, prefect_api: str, address: str)
     assert {"pipeline-summary", "pipeline-progress"} <= prefect_artifact_keys(prefect_api)
     assert {"cluster-summary", "cluster-report"} <= prefect_artifact_keys(prefect_api)
     reports_before = artifact_versions(prefect_api, "cluster-report")
+    # The summary links each stage's report as this run made it, not the key's list of versions.
+    summary = newest_artifact(prefect_api, "pipeline-summary")["data"]
+    assert f"/artifacts/artifact/{newest_artifact(prefect_api, 'cluster-report')['id']})" in summary
+    assert summary.count("/artifacts/artifact/") == 4 and "/artifacts/key/" not in summary
 
     # Every embedding shard is complete on a rerun, so the embed stage starts no cluster and
     # runs no shard task, and the classifier is complete, so no features task runs; every other
@@ -152,3 +157,10 @@ def artifact_versions(api_url: str, key: str) -> int:
     """How many times the server holds an artifact of `key` (one per publication)."""
     body = {"artifacts": {"key": {"any_": [key]}}, "limit": 200}
     return len(prefect_api_call(api_url, "POST", "/artifacts/filter", body))
+
+
+def newest_artifact(api_url: str, key: str) -> dict[str, Any]:
+    """The server's newest artifact of `key`."""
+    body = {"artifacts": {"key": {"any_": [key]}}, "sort": "CREATED_DESC", "limit": 1}
+    (artifact,) = prefect_api_call(api_url, "POST", "/artifacts/filter", body)
+    return artifact
