@@ -141,8 +141,8 @@ def main() -> None:
         "",
         f"- k-means with k=43 on the penultimate embeddings: ARI {cluster_metrics['ari']:.3f}, "
         f"NMI {cluster_metrics['nmi']:.3f}.",
-        f"- Maps and confusion matrix looked at: `{clusters}/map_by_label.png`, "
-        f"`{classifier}/confusion_matrix.png`.",
+        f"- Maps and confusion matrix looked at: `{clusters.relative_to(REPO)}/map_by_label.png`, "
+        f"`{classifier.relative_to(REPO)}/confusion_matrix.png`.",
     ]
     for line in lines:
         print(line)
