@@ -91,24 +91,27 @@ def _how(run: StageRun) -> str:
 def pipeline_markdown(
     run: PipelineRun, store: ArtifactStore, report_links: Mapping[str, str]
 ) -> str:
-    """The Prefect UI's summary: a row per stage linking its files and its report (`report_links`:
-    report key -> URL, those without one shown unlinked), then the key plots inline."""
-    lines = [
-        "# Pipeline run",
-        "",
-        "| stage | files | report | this run | headline |",
-        "| --- | --- | --- | --- | --- |",
-    ]
+    """The Prefect UI's summary: a line per stage with its headline, linking its files and its
+    report (`report_links`: report key -> URL; a report without one is left out), then the key
+    plots inline."""
+    # A list, not a table: the UI renders table cells unwrapped, so long headlines ran off the
+    # right edge of the artifact pane; list items wrap at any width.
+    lines = ["# Pipeline run", ""]
     plots: list[str] = []
     for stage, stage_run in run.stages.items():
         ref = stage_run.artifact
         manifest = store.read_manifest(ref)
         metrics = manifest.metrics if manifest else {}
-        link = f"[`{ref.key[:12]}`]({file_url(store.root, ref.path)})"
-        report = STAGE_REPORTS.get(stage)
-        shown = f"[{report}]({report_links[report]})" if report in report_links else ""
         numbers = headline(ref.stage, metrics)
-        lines.append(f"| {stage} | {link} | {shown} | {_how(stage_run)} | {numbers} |")
+        report = STAGE_REPORTS.get(stage)
+        links = [f"files [`{ref.key[:12]}`]({file_url(store.root, ref.path)})"]
+        if report in report_links:
+            links.append(f"report [{report}]({report_links[report]})")
+        lines.append(
+            f"- **{stage}**: {_how(stage_run)}"
+            + (f"; {numbers}" if numbers else "")
+            + f" ({', '.join(links)})"
+        )
         plots += [
             inline_png(ref.path / name, f"{stage}: {name}", store.root)
             for name in SUMMARY_PLOTS.get(stage, [])

@@ -415,7 +415,8 @@ def test_the_pipeline_summary_shows_plots_inline_and_links_over_http(tmp_path: P
     assert f"({files_url()}/clusters/{clusters.key}/map.html)" in markdown
     assert "[cluster-report](http://ui.example/artifacts/artifact/1234)" in markdown
     assert "embed-progress" not in markdown  # no link known: not shown
-    assert "| cached in 0.4 s |" in markdown and "| computed in 1.5 s |" in markdown
+    assert "- **embed**: cached in 0.4 s; " in markdown
+    assert "- **cluster**: computed in 1.5 s; 3 clusters; silhouette" in markdown
     assert "file://" not in markdown
     text = pipeline_text(run, store)
     assert text.splitlines()[1].startswith("cluster  computed in 1.5 s") and "3 clusters" in text
