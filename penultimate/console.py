@@ -104,7 +104,7 @@ def set_verbose() -> None:
     sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _QuietTensorFlowImport)]
 
 
-def progress_bar(total: int, desc: str, unit: str) -> tqdm:
+def progress_bar(total: int | None, desc: str, unit: str) -> tqdm:
     """A terminal progress bar with rate and ETA; silent when stderr is not a terminal (logs, CI)
     and inside Dask workers (several bars would overwrite each other: the flow shows one)."""
     return tqdm(

@@ -279,10 +279,11 @@ def fit_classifier(
     splits = {s: frame.filter(pl.col("split") == s) for s in FEATURE_SPLITS}
     y = {s: labels.encode(part["label"]) for s, part in splits.items()}
     model = build_classifier(pair, config, labels, loaded)
-    steps = -(-len(y["train"]) // config.batch_size) * config.epochs
+    steps_per_epoch = -(-len(y["train"]) // config.batch_size)
+    steps = steps_per_epoch * config.epochs
     run_dir = out / TENSORBOARD_DIR / run_name(config)
     callbacks: list[tf_keras.callbacks.Callback] = [
-        EpochLog(log, config.epochs),
+        EpochLog(log, config.epochs, steps_per_epoch),
         tensorboard_callback(run_dir),
     ]
     if config.early_stopping_patience:

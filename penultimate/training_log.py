@@ -21,9 +21,11 @@ from typing import Any
 import tensorflow as tf
 import tf_keras
 from tensorboard.plugins.hparams import api as hparams_api
+from tqdm import tqdm
 
 from penultimate.artifacts import canonical_json
 from penultimate.config import DropoutSpec, MaskMode, TrainConfig
+from penultimate.console import progress_bar
 
 TENSORBOARD_DIR = "tensorboard"
 TEST_SCORES = ("accuracy", "precision", "recall", "f1", "roc_auc")
@@ -34,17 +36,43 @@ _PLACEMENTS = ("sequence", "pooled", "hidden", "head")
 class EpochLog(tf_keras.callbacks.Callback):
     """One line per epoch through `log`, e.g. `epoch 3/10: loss 0.1234, accuracy 0.9600,
     val_loss 0.2345, val_accuracy 0.9500 (4.2 s)`: training values, then validation ones, each
-    loss first, and the epoch's wall time (its validation pass included)."""
+    loss first, and the epoch's wall time (its validation pass included); on a terminal, a
+    progress bar over each epoch's batches in between (a fine-tuning epoch takes minutes).
 
-    def __init__(self, log: Callable[[str], None], epochs: int) -> None:
+    Args:
+        log: where the epoch lines go.
+        epochs: the most epochs the run may take.
+        steps_per_epoch: batches per epoch, for a bar with an ETA when Keras cannot know them
+            (a generator); Keras' own count wins when it has one.
+    """
+
+    def __init__(
+        self, log: Callable[[str], None], epochs: int, steps_per_epoch: int | None = None
+    ) -> None:
         super().__init__()
-        self._log, self._epochs = log, epochs
+        self._log, self._epochs, self._steps = log, epochs, steps_per_epoch
         self._started = time.perf_counter()
+        self._bar: tqdm | None = None
 
     def on_epoch_begin(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
         self._started = time.perf_counter()
+        steps = self.params.get("steps") or self._steps
+        self._bar = progress_bar(steps, f"epoch {epoch + 1}/{self._epochs}", "batch")
+
+    def on_train_batch_end(self, batch: int, logs: Mapping[str, float] | None = None) -> None:
+        if self._bar is not None:
+            self._bar.update()
+
+    def on_train_end(self, logs: Mapping[str, float] | None = None) -> None:
+        self._close_bar()
+
+    def _close_bar(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
     def on_epoch_end(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
+        self._close_bar()
         seconds = time.perf_counter() - self._started
         values = {name: float(v) for name, v in (logs or {}).items() if name != "lr"}
         order = sorted(

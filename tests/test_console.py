@@ -79,7 +79,8 @@ with progress_bar(400, "encoding", "text") as bar:
 """
 
 
-def test_long_steps_show_a_progress_bar_with_rate_and_eta_on_a_terminal_only() -> None:
+def on_terminal(code: str) -> str:
+    """What `python -c code` shows on a 120-column terminal (a pty) on stderr."""
     import fcntl
     import pty
     import struct
@@ -90,7 +91,7 @@ def test_long_steps_show_a_progress_bar_with_rate_and_eta_on_a_terminal_only() -
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
     with os.fdopen(leader, "rb", buffering=0) as terminal:
         process = subprocess.Popen(
-            [sys.executable, "-c", COUNTED_STEP], stderr=follower, env={**os.environ}
+            [sys.executable, "-c", code], stderr=follower, env={**os.environ}
         )
         os.close(follower)
         shown = b""
@@ -103,13 +104,46 @@ def test_long_steps_show_a_progress_bar_with_rate_and_eta_on_a_terminal_only() -
                 break
             shown += chunk
         assert process.wait() == 0, shown.decode(errors="replace")
-    text = shown.decode(errors="replace")
+    return shown.decode(errors="replace")
+
+
+def test_long_steps_show_a_progress_bar_with_rate_and_eta_on_a_terminal_only() -> None:
+    text = on_terminal(COUNTED_STEP)
     # A count done so far, the time taken and left, and the rate, as the bar moves.
     moving = r"encoding: +\d+%\|.*\| [1-9]\d*/400 \[00:\d\d<00:\d\d, \d+text/s\]"
     assert re.search(moving, text), text
     # Off a terminal (a log file, CI) the same run prints nothing.
     piped = run_python(COUNTED_STEP)
     assert piped.returncode == 0 and piped.stderr == "", piped.stderr
+
+
+# Slow batches from a generator (as fine-tuning feeds them): Keras cannot count the steps.
+SLOW_EPOCHS = """
+import os, time
+os.environ["TF_USE_LEGACY_KERAS"] = "1"
+import numpy as np, tf_keras
+from penultimate.training_log import EpochLog
+
+class Slow(tf_keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        time.sleep(0.2)
+
+def batches():
+    while True:
+        yield np.zeros((4, 3), "float32"), np.zeros((4,), "float32")
+
+model = tf_keras.Sequential([tf_keras.layers.Dense(1, input_shape=(3,))])
+model.compile("sgd", "mse")
+model.fit(batches(), epochs=2, steps_per_epoch=8, verbose=0,
+          callbacks=[Slow(), EpochLog(print, 2, steps_per_epoch=8)])
+"""
+
+
+def test_each_training_epoch_shows_a_bar_over_its_batches_then_its_line() -> None:
+    text = on_terminal(SLOW_EPOCHS)
+    for epoch in (1, 2):
+        bar = rf"epoch {epoch}/2: +\d+%\|.*\| [1-8]/8 \[00:\d\d<00:\d\d, +[\d.]+batch/s\]"
+        assert re.search(bar, text), text
 
 
 def test_every_command_and_option_says_what_it_is_for() -> None:
