@@ -387,13 +387,16 @@ def store_write_error(error: BaseException, where: Path) -> OSError | None:
     """The store-full-or-locked `OSError` behind a failed write, or None if it is something else.
 
     Libraries with native writers report it as text only: polars (Rust) as "... (os error 28)",
-    TensorFlow (C++) with the system's message ("No space left on device"); both become the
-    `OSError` they stand for, with `where` as its file name, so callers can treat them alike.
+    TensorFlow (C++) with the system's message ("No space left on device"); a full, over-quota or
+    read-only file system named so becomes the `OSError` it stands for, with `where` as its file
+    name, so callers can treat them alike.
     """
     if isinstance(error, OSError):
         return error if error.errno in STORE_FULL_OR_LOCKED else None
     text = str(error)
-    for code in sorted(STORE_FULL_OR_LOCKED):
+    # Only the codes that can be about nothing but a write: a "Permission denied" in a message
+    # may be about an input the writer read.
+    for code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
         if f"(os error {code})" in text or os.strerror(code) in text:
             return OSError(code, os.strerror(code), str(where))
     return None
