@@ -8,7 +8,7 @@ from prefect import flow
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
 
-from penultimate.artifacts import ArtifactRef, ArtifactStore, open_artifact
+from penultimate.artifacts import STORE_FULL_OR_LOCKED, ArtifactRef, ArtifactStore, open_artifact
 from penultimate.config import EmbedConfig
 from penultimate.console import progress_bar
 from penultimate.ingest import check_splits, dataset_shard_entries
@@ -52,6 +52,9 @@ def embed_shards(
         if not future.state.is_completed()
     }
     if failed:
+        errors = [futures[shard].result(raise_on_failure=False) for shard in failed]
+        if all(isinstance(e, OSError) and e.errno in STORE_FULL_OR_LOCKED for e in errors):
+            raise errors[0]  # the store is full or locked: the CLI's one line says so
         summary = "; ".join(f"{shard}: {message}" for shard, message in failed.items())
         raise ShardsFailed(f"{len(failed)} of {len(futures)} shards failed: {summary}")
     shards = [future.result() for future in futures.values()]

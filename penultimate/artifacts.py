@@ -384,22 +384,49 @@ class ArtifactStore:
 
 
 def store_write_error(error: BaseException, where: Path) -> OSError | None:
-    """The store-full-or-locked `OSError` behind a failed write, or None if it is something else.
+    """The store-full-or-locked `OSError` behind a failed write into the store at `where`, or
+    None if it is something else.
 
-    Libraries with native writers report it as text only: polars (Rust) as "... (os error 28)",
-    TensorFlow (C++) with the system's message ("No space left on device"); a full, over-quota or
-    read-only file system named so becomes the `OSError` it stands for, with `where` as its file
-    name, so callers can treat them alike.
+    Libraries with native writers report a full or read-only disk as text only: polars (Rust) as
+    "... (os error 28)", sometimes in an `OSError` without errno, TensorFlow (C++) with the
+    system's message ("No space left on device"), pyarrow with an errno but no file name. Such
+    an error becomes the `OSError` it stands for, named after `where`, but only when the store's
+    file system shows that state (nearly no space left, or mounted read-only): the same words may
+    be about another disk, such as a temporary folder.
     """
-    if isinstance(error, OSError):
-        return error if error.errno in STORE_FULL_OR_LOCKED else None
+    # Only the codes that can be about nothing but a write: a "Permission denied" may be about an
+    # input the writer read.
+    write_codes = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+    if isinstance(error, OSError) and error.errno is not None:
+        if error.errno not in STORE_FULL_OR_LOCKED:
+            return None
+        # pyarrow names no file ("Error writing bytes to file. Detail: [errno 28] ...").
+        if error.filename is None and error.errno in write_codes and _shows(where, error.errno):
+            return OSError(error.errno, os.strerror(error.errno), str(where))
+        return error
     text = str(error)
-    # Only the codes that can be about nothing but a write: a "Permission denied" in a message
-    # may be about an input the writer read.
-    for code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+    for code in write_codes:
         if f"(os error {code})" in text or os.strerror(code) in text:
-            return OSError(code, os.strerror(code), str(where))
+            return OSError(code, os.strerror(code), str(where)) if _shows(where, code) else None
     return None
+
+
+# Below this many free bytes, a "no space" message from a writer is taken to be about the store.
+_NEARLY_FULL_BYTES = 16 * 2**20
+
+
+def _shows(where: Path, code: int) -> bool:
+    """Whether the file system holding `where` is in the state `code` names (a quota cannot be
+    read from here, so EDQUOT is believed)."""
+    try:
+        stats = os.statvfs(where)
+    except OSError:
+        return False
+    if code == errno.ENOSPC:
+        return stats.f_bavail * stats.f_frsize < _NEARLY_FULL_BYTES
+    if code == errno.EROFS:
+        return bool(stats.f_flag & os.ST_RDONLY)
+    return True
 
 
 def _writer_tag() -> str:

@@ -34,6 +34,10 @@ CHATTY_LOGGERS = (
 SHUTDOWN_NOTICE_LOGGERS = ("EventsWorker", "APILogWorker")
 
 
+# Modules every Dask worker imports on start (Dask's `distributed.worker.preload`).
+DASK_PRELOAD_ENV = "DASK_DISTRIBUTED__WORKER__PRELOAD"
+
+
 def verbose() -> bool:
     return os.environ.get(VERBOSE_ENV, "") not in ("", "0", "false")
 
@@ -160,6 +164,9 @@ def quiet_console_logging() -> Path:
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
+    # Local Dask workers (which inherit the environment) run `dask_setup` below on start, so
+    # their task failures reach the terminal as one line too, and the log file whole.
+    os.environ.setdefault(DASK_PRELOAD_ENV, f'["{__name__}"]')
     if verbose():
         return path
     # Dask sets its loggers' levels from its config when `distributed` is imported, here and in
@@ -177,3 +184,9 @@ def quiet_console_logging() -> Path:
         if console is not handler and isinstance(console, logging.StreamHandler):
             console.setFormatter(_OneLineFormatter(console.formatter))
     return path
+
+
+def dask_setup(worker: object) -> None:
+    """Dask's preload hook (`distributed.worker.preload`): a local worker logs as the command
+    that started it does."""
+    quiet_console_logging()

@@ -4,6 +4,7 @@ per-shard encoder features when the encoder cannot change, else end to end), eva
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -282,10 +283,8 @@ def fit_classifier(
     steps_per_epoch = -(-len(y["train"]) // config.batch_size)
     steps = steps_per_epoch * config.epochs
     run_dir = out / TENSORBOARD_DIR / run_name(config)
-    callbacks: list[tf_keras.callbacks.Callback] = [
-        EpochLog(log, config.epochs, steps_per_epoch),
-        tensorboard_callback(run_dir),
-    ]
+    epoch_log = EpochLog(log, config.epochs, steps_per_epoch)
+    callbacks: list[tf_keras.callbacks.Callback] = [epoch_log, tensorboard_callback(run_dir)]
     if config.early_stopping_patience:
         callbacks.append(
             tf_keras.callbacks.EarlyStopping(
@@ -302,38 +301,40 @@ def fit_classifier(
         "callbacks": callbacks,
         "verbose": 0,
     }
-    if features is not None:
-        log("training the head on cached encoder features")
-        x = features
-        head = HeadModel(model)
-        head.compile(
-            optimizer=_optimizer(config.learning_rate, config, steps),
-            **_loss_and_metrics(len(labels.names)),
-        )
-        history = head.fit(
-            x["train"],
-            y["train"],
-            batch_size=config.batch_size,
-            shuffle=True,
-            validation_data=(x["val"], y["val"]),
-            **fit_options,
-        )
+    # closing: a fit that raises leaves no progress bar on the terminal above the error line.
+    with contextlib.closing(epoch_log):
+        if features is not None:
+            log("training the head on cached encoder features")
+            x = features
+            head = HeadModel(model)
+            head.compile(
+                optimizer=_optimizer(config.learning_rate, config, steps),
+                **_loss_and_metrics(len(labels.names)),
+            )
+            history = head.fit(
+                x["train"],
+                y["train"],
+                batch_size=config.batch_size,
+                shuffle=True,
+                validation_data=(x["val"], y["val"]),
+                **fit_options,
+            )
 
-        def predict(split: str, samples: Sequence[int]) -> Predictions:
-            return head_predictions(head, x[split], samples)
+            def predict(split: str, samples: Sequence[int]) -> Predictions:
+                return head_predictions(head, x[split], samples)
 
-    else:
-        log(f"fine-tuning end to end (freeze: {config.freeze})")
-        compile_end_to_end(model, steps)
-        texts = {s: part["text"].to_list() for s, part in splits.items()}
-        history = model.fit(
-            token_batches(loaded, texts["train"], y["train"], config.batch_size, config.seed),
-            validation_data=token_batches(loaded, texts["val"], y["val"], 64, None),
-            **fit_options,
-        )
+        else:
+            log(f"fine-tuning end to end (freeze: {config.freeze})")
+            compile_end_to_end(model, steps)
+            texts = {s: part["text"].to_list() for s, part in splits.items()}
+            history = model.fit(
+                token_batches(loaded, texts["train"], y["train"], config.batch_size, config.seed),
+                validation_data=token_batches(loaded, texts["val"], y["val"], 64, None),
+                **fit_options,
+            )
 
-        def predict(split: str, samples: Sequence[int]) -> Predictions:
-            return text_predictions(model, loaded, texts[split], samples)
+            def predict(split: str, samples: Sequence[int]) -> Predictions:
+                return text_predictions(model, loaded, texts[split], samples)
 
     model.save_weights(str(out / WEIGHTS))
     metrics: dict[str, Any] = {

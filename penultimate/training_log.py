@@ -64,15 +64,16 @@ class EpochLog(tf_keras.callbacks.Callback):
             self._bar.update()
 
     def on_train_end(self, logs: Mapping[str, float] | None = None) -> None:
-        self._close_bar()
+        self.close()
 
-    def _close_bar(self) -> None:
+    def close(self) -> None:
+        """Take the bar off the terminal (Keras skips `on_train_end` when `fit` raises)."""
         if self._bar is not None:
             self._bar.close()
             self._bar = None
 
     def on_epoch_end(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
-        self._close_bar()
+        self.close()
         seconds = time.perf_counter() - self._started
         values = {name: float(v) for name, v in (logs or {}).items() if name != "lr"}
         order = sorted(

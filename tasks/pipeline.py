@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from prefect import get_client, task
+from prefect import get_client, get_run_logger, task
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
@@ -64,6 +64,20 @@ def stage_report_links(ui_url: str) -> dict[str, str]:
     """Report key -> UI link for each stage report: this pipeline run's own version (made in one
     of its subflows, a cached stage's republished one too), else the key's page of versions."""
     keys = list(STAGE_REPORTS.values())
+    try:
+        newest = _newest_reports_of_this_run(keys)
+    except Exception as error:  # a link is not worth failing a finished pipeline over
+        get_run_logger().warning("summary links to every run's reports: %s", error)
+        newest = {}
+    return {
+        key: f"{ui_url}/artifacts/artifact/{newest[key]}"
+        if key in newest
+        else f"{ui_url}/artifacts/key/{key}"
+        for key in keys
+    }
+
+
+def _newest_reports_of_this_run(keys: list[str]) -> dict[str, UUID]:
     with get_client(sync_client=True) as client:
         runs: list[UUID] = []
         frontier = [UUID(flow_run.id)] if flow_run.id else []
@@ -84,13 +98,7 @@ def stage_report_links(ui_url: str) -> dict[str, str]:
             sort=ArtifactSort.CREATED_DESC,
             limit=200,
         )
-    newest = {str(report.key): report.id for report in reversed(reports)}
-    return {
-        key: f"{ui_url}/artifacts/artifact/{newest[key]}"
-        if key in newest
-        else f"{ui_url}/artifacts/key/{key}"
-        for key in keys
-    }
+    return {str(report.key): report.id for report in reversed(reports)}
 
 
 @task(name="publish-pipeline-summary")

@@ -129,13 +129,15 @@ class Slow(tf_keras.callbacks.Callback):
         time.sleep(0.2)
 
 def batches():
-    while True:
+    for _ in range(8):
         yield np.zeros((4, 3), "float32"), np.zeros((4,), "float32")
 
+import tensorflow as tf
+spec = (tf.TensorSpec((4, 3), tf.float32), tf.TensorSpec((4,), tf.float32))
+data = tf.data.Dataset.from_generator(batches, output_signature=spec)  # length unknown
 model = tf_keras.Sequential([tf_keras.layers.Dense(1, input_shape=(3,))])
 model.compile("sgd", "mse")
-model.fit(batches(), epochs=2, steps_per_epoch=8, verbose=0,
-          callbacks=[Slow(), EpochLog(print, 2, steps_per_epoch=8)])
+model.fit(data, epochs=2, verbose=0, callbacks=[Slow(), EpochLog(print, 2, steps_per_epoch=8)])
 """
 
 
