@@ -40,8 +40,11 @@ def linear_probe(store: Path, classifier: Path) -> dict[str, float]:
     from sklearn.preprocessing import StandardScaler
 
     from penultimate.artifacts import ArtifactStore
+    from penultimate.config import TrainConfig
+    from penultimate.encoders.pair import EncoderPair
     from penultimate.ingest import read_dataset
-    from penultimate.stages import CLASSIFIER_STAGE, DATASET_STAGE, FEATURES_STAGE
+    from penultimate.shard_features import pooling_names
+    from penultimate.stages import CLASSIFIER_STAGE, DATASET_STAGE, ENCODER_STAGE, FEATURES_STAGE
 
     artifacts = ArtifactStore(store)
     ref = artifacts.ref(CLASSIFIER_STAGE.name, classifier.name)
@@ -52,7 +55,13 @@ def linear_probe(store: Path, classifier: Path) -> dict[str, float]:
         pl.read_parquet(artifacts.ref(FEATURES_STAGE.name, key).path / "features.parquet")
         for key in keys
     )
-    column = next(c for c in features.columns if c not in {"id", "tokens"})
+    config = TrainConfig.model_validate(artifacts.read_manifest(ref).config)  # type: ignore[union-attr]
+    encoder = artifacts.input_of(ref, ENCODER_STAGE)
+    assert encoder is not None
+    # The classifier's own vector (a features artifact may hold other choices beside it).
+    (column,) = pooling_names(
+        config.layer, str(config.pooling), EncoderPair(encoder.path).read_info().num_layers
+    )
     rows = read_dataset(dataset).join(features, on="id")
     x = {
         s: np.stack(rows.filter(pl.col("split") == s)[column].to_numpy()) for s in ("train", "test")
