@@ -16,6 +16,7 @@ from penultimate.shard_features import check_choice_for_model
 from penultimate.stages import DATASET_STAGE
 from tasks.embed import collect_embeddings, embed_shard
 from tasks.encoder import build_encoder
+from tasks.subflow import run_subflow
 
 
 class ShardsFailed(RuntimeError):
@@ -106,6 +107,7 @@ def embed(
     from tasks.dask_cluster import dask_task_runner
 
     runner = dask_task_runner(config.runner)
-    return embed_shards.with_options(task_runner=runner)(
-        config=config, dataset=dataset, model=model, store_root=str(store.root)
-    )
+    return run_subflow(
+        embed_shards.with_options(task_runner=runner),
+        config=config, dataset=dataset, model=model, store_root=str(store.root),
+    )  # fmt: skip

@@ -29,6 +29,7 @@ from prefect.settings import PREFECT_UI_URL
 
 from penultimate.artifacts import ArtifactRef, ArtifactStore
 from penultimate.pipeline_summary import STAGE_REPORTS, PipelineRun, StageRun, pipeline_markdown
+from tasks.subflow import run_subflow
 
 
 class PipelineProgress:
@@ -45,7 +46,7 @@ class PipelineProgress:
     def run(self, name: str, stage_flow: Callable[..., ArtifactRef], **params: Any) -> ArtifactRef:
         """Run one stage's flow, record its run and advance the progress artifact."""
         started = time.perf_counter()
-        ref = stage_flow(**params)
+        ref = run_subflow(stage_flow, **params)
         manifest = self.store.read_manifest(ref)
         computed = manifest is not None and manifest.created_at >= self.started_at.isoformat()
         self.stages[name] = StageRun(

@@ -50,7 +50,11 @@ def corpus_slice(corpus_path: Path, tmp_path_factory: pytest.TempPathFactory) ->
 @pytest.fixture(scope="session")
 def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real `prefect server` (SQLite) for the session, set as this process's API."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        temporary_settings,
+    )
 
     from penultimate.prefect_server import start_local_server, stop_local_server
 
@@ -58,8 +62,12 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     api_url = start_local_server(home)
     previous = os.environ.get("PREFECT_API_URL")
     os.environ["PREFECT_API_URL"] = api_url  # for subprocesses the tests start
+    # Flows called in this process send no heartbeats: each flow run waits up to a second for
+    # Prefect's heartbeat thread at its end (see tasks/subflow.py).
+    # Runs in subprocesses (the CLI, deployments) keep them.
+    settings = {PREFECT_API_URL: api_url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
     try:
-        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        with temporary_settings(updates=settings):
             yield api_url
     finally:
         if previous is None:
