@@ -294,9 +294,11 @@ def dask_cluster_processes(workers: int) -> Iterator[tuple[str, list[subprocess.
 
 @pytest.fixture(scope="session")
 def dask_cluster() -> Iterator[str]:
-    """The address of two worker processes shared by every test that only runs work on a cluster
-    (tests that kill workers start their own): workers start and load the model once a session."""
-    with dask_cluster_processes(2) as (address, _):
+    """The address of a one-worker cluster shared by every test that only runs work on a cluster:
+    it starts and loads each model once a session. One worker, not two: a second one loaded every
+    model again on the same two cores. Several workers are tested where they matter, by tests that
+    start their own (a killed worker, the local cluster's shard order)."""
+    with dask_cluster_processes(1) as (address, _):
         yield address
 
 
