@@ -183,10 +183,12 @@ def _cmd_gc(args: argparse.Namespace) -> str:
 
 
 def _cmd_explain_dropout(args: argparse.Namespace) -> str:
-    from penultimate.dropout_report import dropout_report_summary
+    from penultimate.dropout_report import dropout_report_summary, explained_artifacts
+
+    classifier, dataset = explained_artifacts(args.classifier)  # before TensorFlow loads
     from penultimate.explain_dropout import explain_classifier_artifact
 
-    folder = explain_classifier_artifact(args.classifier, Path(args.out) if args.out else None)
+    folder = explain_classifier_artifact(classifier, dataset, Path(args.out) if args.out else None)
     return dropout_report_summary(folder)
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from penultimate.artifacts import ArtifactRef
 from penultimate.ui import inline_png, markdown_table
 
 DROPOUT_REPORT_DIR = "dropout_report"
@@ -19,6 +20,28 @@ REPORT_FILE = "report.json"
 MARKDOWN_FILE = "report.md"
 # Samples of a sequence mask drawn side by side: two show whether samples share one mask.
 _PICTURED_SAMPLES = 2
+
+
+def explained_artifacts(uri: str | Path) -> tuple[ArtifactRef, ArtifactRef]:
+    """The classifier artifact a dropout report explains, given its URI or the URI of an export
+    made from it, and that classifier's dataset artifact; checked before any TensorFlow loads, so
+    a wrong path is an error at once."""
+    from penultimate.artifacts import ArtifactStore, open_artifact
+    from penultimate.errors import InputError
+    from penultimate.stages import CLASSIFIER_STAGE, DATASET_STAGE, EXPORT_STAGE
+
+    path = Path(uri).expanduser().resolve()
+    store = ArtifactStore(path.parent.parent)
+    if path.parent.name == EXPORT_STAGE.name:
+        classifier = store.input_of(open_artifact(path, EXPORT_STAGE.name), CLASSIFIER_STAGE)
+        if classifier is None:
+            raise InputError(f"{uri}: the export names no classifier artifact in this store")
+    else:
+        classifier = open_artifact(path, CLASSIFIER_STAGE.name)
+    dataset = store.input_of(classifier, DATASET_STAGE)
+    if dataset is None or store.validate(dataset) is None:
+        raise InputError(f"{classifier.uri}: its dataset artifact is not in this store")
+    return classifier, dataset
 
 
 def mask_picture_name(layer: str) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from penultimate.artifacts import ArtifactRef
 from penultimate.classifier import POOLER, TRANSFORMER_BLOCK, TextClassifier
 from penultimate.dropout import StructuredDropout
 
@@ -262,32 +263,21 @@ def explain_dropout(
     }
 
 
-def explain_classifier_artifact(uri: str | Path, out: Path | None = None) -> Path:
-    """`penultimate explain-dropout`: the dropout report of a classifier artifact (or of the
-    classifier an export artifact was made from), on the first `REPORT_BATCH` texts of its
-    dataset's train split, written to `out` (default `./dropout-report-<key>`); returns `out`."""
-    from penultimate.artifacts import ArtifactStore, open_artifact
+def explain_classifier_artifact(
+    classifier: ArtifactRef, dataset: ArtifactRef, out: Path | None = None
+) -> Path:
+    """`penultimate explain-dropout`: the dropout report of a classifier artifact, on the first
+    `REPORT_BATCH` texts of its dataset's train split (`dropout_report.explained_artifacts` finds
+    both from a classifier or export URI), written to `out` (default
+    `./dropout-report-<key>`); returns `out`."""
     from penultimate.dropout_report import (
         MARKDOWN_FILE,
         dropout_report_markdown,
         write_dropout_report,
     )
-    from penultimate.errors import InputError
     from penultimate.ingest import read_dataset
-    from penultimate.stages import CLASSIFIER_STAGE, DATASET_STAGE, EXPORT_STAGE
     from penultimate.train import TrainedClassifier, compile_end_to_end
 
-    path = Path(uri).expanduser().resolve()
-    store = ArtifactStore(path.parent.parent)
-    if path.parent.name == EXPORT_STAGE.name:
-        classifier = store.input_of(open_artifact(path, EXPORT_STAGE.name), CLASSIFIER_STAGE)
-        if classifier is None:
-            raise InputError(f"{uri}: the export names no classifier artifact in this store")
-    else:
-        classifier = open_artifact(path, CLASSIFIER_STAGE.name)
-    dataset = store.input_of(classifier, DATASET_STAGE)
-    if dataset is None or store.validate(dataset) is None:
-        raise InputError(f"{classifier.uri}: its dataset artifact is not in this store")
     trained = TrainedClassifier.load(classifier.path)
     rows = read_dataset(dataset, "train").head(REPORT_BATCH)
     report = explain_dropout(

@@ -16,6 +16,7 @@ from flows.ingest import ingest
 from flows.train import train
 from penultimate.artifacts import ArtifactRef, ArtifactStore
 from penultimate.config import ExportConfig, IngestConfig, TrainConfig
+from penultimate.dropout_report import explained_artifacts
 from penultimate.explain_dropout import explain_classifier_artifact
 from penultimate.features import encoder_choice_names
 from penultimate.train import TrainedClassifier
@@ -142,7 +143,7 @@ def test_explain_dropout_reads_the_classifier_behind_an_export(
     # A rerun (the library function the command calls, in this process) replaces the report
     # whole and leaves no staging folder beside it.
     (out / "stale.png").write_bytes(b"from an earlier run")
-    assert explain_classifier_artifact(export_ref.uri, out) == out
+    assert explain_classifier_artifact(*explained_artifacts(export_ref.uri), out) == out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
     assert not (out / "stale.png").exists()
     rewritten = json.loads((out / "report.json").read_text())
