@@ -128,7 +128,7 @@ def wait_for(condition: object, timeout_s: float, what: str) -> None:
 
 
 def test_sigkilled_flow_resumes_with_only_the_missing_shards(
-    mails: Path, store: str, tmp_path: Path
+    mails: Path, store: str, tmp_path: Path, dask_cluster: str
 ) -> None:
     dataset = ingest_slice(mails, store)
     config_file = tmp_path / "embed.yaml"
@@ -149,7 +149,11 @@ def test_sigkilled_flow_resumes_with_only_the_missing_shards(
     done_before = shard_manifests(store)
     assert 2 <= len(done_before) < 6, "the kill must land mid-run"
 
-    config = EmbedConfig.model_validate(yaml.safe_load(config_file.read_text()))
+    # The rerun on the session's cluster: the runner is not part of any key, so the killed local
+    # cluster's finished shards count there too.
+    config = EmbedConfig.model_validate(
+        yaml.safe_load(config_file.read_text()) | {"runner": {"dask_address": dask_cluster}}
+    )
     ref = embed(config, dataset, store_root=store)
     after = shard_manifests(store)
     assert {k: after[k] for k in done_before} == done_before  # finished shards were not redone

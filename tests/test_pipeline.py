@@ -9,6 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prefect import flow
+from prefect.settings import (
+    PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+    get_current_settings,
+    temporary_settings,
+)
 
 from conftest import prefect_api_call, prefect_artifact_keys, task_state_counts
 from flows.cluster import cluster
@@ -19,6 +25,7 @@ from flows.train import train
 from penultimate.artifacts import ArtifactStore
 from penultimate.config import EmbedConfig, ExportConfig, PipelineConfig
 from penultimate.stages import CLASSIFIER_STAGE, DATASET_STAGE, EMBEDDINGS_STAGE, EXPORT_STAGE
+from tasks.subflow import run_subflow
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -164,3 +171,20 @@ def newest_artifact(api_url: str, key: str) -> dict[str, Any]:
     body = {"artifacts": {"key": {"any_": [key]}}, "sort": "CREATED_DESC", "limit": 1}
     (artifact,) = prefect_api_call(api_url, "POST", "/artifacts/filter", body)
     return artifact
+
+
+@flow(name="heartbeat-child")
+def heartbeat_child() -> int | None:
+    return get_current_settings().flows.heartbeat_frequency
+
+
+@flow(name="heartbeat-parent")
+def heartbeat_parent() -> dict[str, int | None]:
+    child = run_subflow(heartbeat_child)
+    return {"parent": get_current_settings().flows.heartbeat_frequency, "subflow": child}
+
+
+def test_a_subflow_sends_no_heartbeat_of_its_own_and_its_parent_keeps_its_own() -> None:
+    # The session turns heartbeats off for flows run in the test process; a user's are on.
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 60}):
+        assert heartbeat_parent() == {"parent": 60, "subflow": None}
