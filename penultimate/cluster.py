@@ -130,6 +130,7 @@ class FittedClusters:
     reducer: PCA | None
     model: KMeans | MiniBatchKMeans | None
     sample_points: np.ndarray  # the fit sample in clustering space
+    sample_rows: np.ndarray  # its global row numbers (over the shards in order), ascending
     sample_labels: np.ndarray
     centroids: dict[int, np.ndarray]
     k_scores: dict[int, float] = field(default_factory=dict)
@@ -196,7 +197,7 @@ def choose_k(points: np.ndarray, config: ClusterConfig) -> tuple[int, dict[int, 
 def fit_clusters(shards: EmbeddingShards, config: ClusterConfig) -> FittedClusters:
     """Fit on a uniform sample; `minibatch_kmeans` then also streams every shard through
     `partial_fit`, so the full data set is never in memory at once."""
-    _, sample, _ = shards.sample(fit_sample_size(config), config.seed)
+    _, sample, sample_rows = shards.sample(fit_sample_size(config), config.seed)
     reducer = None
     if config.reduce_to is not None:
         reducer = PCA(config.reduce_to, random_state=config.seed).fit(sample)
@@ -227,27 +228,34 @@ def fit_clusters(shards: EmbeddingShards, config: ClusterConfig) -> FittedCluste
         centroids = {
             int(c): sample[labels == c].mean(axis=0) for c in np.unique(labels) if c != NOISE
         }
-    return FittedClusters(reducer, model, sample, labels.astype(np.int32), centroids, scores)
+    return FittedClusters(
+        reducer, model, sample, sample_rows, labels.astype(np.int32), centroids, scores
+    )
 
 
 class Projector:
-    """2-D map coordinates: PCA for every point; UMAP/t-SNE fitted on a sample (UMAP maps the
-    rest with its `transform`; t-SNE cannot, so other points take their nearest sampled point's)."""
+    """2-D map coordinates: PCA for every point; UMAP/t-SNE fitted on a sample, whose points keep
+    the coordinates of the fit (UMAP maps the rest with its `transform`; t-SNE cannot, so other
+    points take their nearest sampled point's)."""
 
     def __init__(self, fitted: FittedClusters, config: ClusterConfig) -> None:
         rng = np.random.default_rng(config.seed)
-        points = fitted.sample_points
+        points, rows = fitted.sample_points, fitted.sample_rows
         self.method = config.projection
         self._neighbours: NearestNeighbors | None = None
         if self.method == Projection.pca:
             self._model: Any = PCA(2, random_state=config.seed).fit(points)
             return
         if len(points) > config.projection_sample:
-            points = points[rng.choice(len(points), config.projection_sample, replace=False)]
+            picked = np.sort(rng.choice(len(points), config.projection_sample, replace=False))
+            points, rows = points[picked], rows[picked]
+        self._fitted_rows = rows  # ascending: the fitted points' global row numbers
         if self.method == Projection.umap:
             import umap  # imported only when asked for: it compiles with numba on first use
 
             self._model = umap.UMAP(n_components=2, random_state=config.seed, n_jobs=1).fit(points)
+            # A fitted point's own coordinates: `transform` would place it anew, elsewhere.
+            self._coords = np.asarray(self._model.embedding_, np.float32)
         else:
             from sklearn.manifold import TSNE
 
@@ -257,11 +265,22 @@ class Projector:
             ).fit_transform(points)
             self._neighbours = NearestNeighbors(n_neighbors=1).fit(points)
 
-    def project(self, points: np.ndarray) -> np.ndarray:
-        if self._neighbours is not None:
-            nearest = self._neighbours.kneighbors(points, return_distance=False)[:, 0]
-            return self._coords[nearest].astype(np.float32)
-        return self._model.transform(points).astype(np.float32)
+    def project(self, points: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Map coordinates [n, 2] of `points` [n, d], whose global row numbers are `rows` [n]."""
+        if self.method == Projection.pca:
+            return self._model.transform(points).astype(np.float32)
+        fitted = np.minimum(np.searchsorted(self._fitted_rows, rows), len(self._fitted_rows) - 1)
+        known = self._fitted_rows[fitted] == rows
+        xy = np.empty((len(points), 2), np.float32)
+        xy[known] = self._coords[fitted[known]]
+        if (~known).any():
+            others = points[~known]
+            if self._neighbours is not None:
+                nearest = self._neighbours.kneighbors(others, return_distance=False)[:, 0]
+                xy[~known] = self._coords[nearest]
+            else:  # UMAP, and only points outside its fit sample: no numba search compiled
+                xy[~known] = self._model.transform(others)
+        return xy
 
 
 @dataclass
@@ -291,10 +310,11 @@ def assign_all(
     rng = np.random.default_rng(seed)
     plot_share = min(1.0, PLOT_POINTS / shards.total)
     seen: Counter[int] = Counter()
+    first_rows = np.cumsum([0, *shards.rows])
     for index, frame, matrix in shards:
         points = fitted.reduce(matrix)
         clusters = fitted.assign(points)
-        xy = projector.project(points)
+        xy = projector.project(points, first_rows[index] + np.arange(len(points)))
         table = frame.with_columns(
             pl.Series("cluster", clusters, pl.Int32),
             pl.Series("x", xy[:, 0], pl.Float32),

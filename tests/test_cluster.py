@@ -20,6 +20,7 @@ from penultimate.cluster import (
     NOISE,
     ClusterInputError,
     EmbeddingShards,
+    Projector,
     fit_clusters,
     validate_cluster_inputs,
 )
@@ -30,7 +31,7 @@ from penultimate.cluster_report import (
     stratified_sample,
     write_cluster_artifact,
 )
-from penultimate.config import ClusterConfig
+from penultimate.config import ClusterConfig, Projection
 from penultimate.email_text import email_to_text
 from penultimate.embeddings import SHARD_FILE
 from penultimate.stages import EMBEDDING_SHARD_STAGE, EMBEDDINGS_STAGE
@@ -160,6 +161,22 @@ def test_every_algorithm_recovers_the_topics(
     metadata = (projector / "metadata.tsv").read_text().splitlines()
     assert metadata[0] == "id\tcluster\tlabel\ttext" and len(metadata) == 181
     assert 'tensor_path: "tensors.tsv"' in (projector / "projector_config.pbtxt").read_text()
+    if parsed.projection == Projection.umap:  # here, where numba has compiled UMAP already
+        check_umap_keeps_the_fit_coordinates(shards, parsed)
+
+
+def check_umap_keeps_the_fit_coordinates(shards: EmbeddingShards, config: ClusterConfig) -> None:
+    """Points UMAP was fitted on keep the fit's coordinates; only the others go through
+    `transform` (which would place a fitted point anew, elsewhere)."""
+    fitted = fit_clusters(shards, config.model_copy(update={"k": 3, "k_range": None}))
+    projector = Projector(fitted, config.model_copy(update={"projection_sample": 100}))
+    points = np.concatenate([matrix for _, _, matrix in shards])
+    xy = projector.project(points, np.arange(len(points)))
+    fitted_rows = projector._fitted_rows
+    assert len(fitted_rows) == 100
+    assert np.array_equal(xy[fitted_rows], projector._model.embedding_.astype(np.float32))
+    others = np.setdiff1d(np.arange(len(points)), fitted_rows)
+    assert np.allclose(xy[others], projector._model.transform(points[others]), atol=1e-5)
 
 
 def test_hdbscan_noise_is_its_own_group(tmp_path: Path) -> None:
