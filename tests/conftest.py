@@ -229,6 +229,7 @@ def prefect_artifact_keys(api_url: str) -> set[str]:
 def task_state_counts(flow_state: object, subflows: bool = False) -> dict[tuple[str, str], int]:
     """(task name, state name) -> how many task runs of the flow run (and, with `subflows`, of
     every flow run below it) ended so."""
+    import time
     from collections import Counter
 
     from prefect.client.orchestration import get_client
@@ -252,11 +253,19 @@ def task_state_counts(flow_state: object, subflows: bool = False) -> dict[tuple[
             )
             frontier = [child.id for child in children]
             flow_run_ids += frontier
-        runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=flow_run_ids)),
-            sort=TaskRunSort.EXPECTED_START_TIME_ASC,
-            limit=200,
-        )
+        # The server records task-run states from the client's events asynchronously, so a
+        # flow that just returned may still show a task Running: read until every one is final.
+        deadline = time.monotonic() + 30
+        while True:
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=flow_run_ids)),
+                sort=TaskRunSort.EXPECTED_START_TIME_ASC,
+                limit=200,
+            )
+            settled = all(run.state and run.state.type.value in _FINAL_STATE_TYPES for run in runs)
+            if settled or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
     return dict(Counter((run.name.rsplit("-", 1)[0], run.state.name) for run in runs))
 
 
