@@ -57,10 +57,11 @@ def last_pipeline_runs(api_url: str) -> dict[str, Any]:
         FlowFilterName,
         FlowRunFilter,
         FlowRunFilterId,
-        FlowRunFilterParentFlowRunId,
     )
     from prefect.client.schemas.sorting import FlowRunSort
     from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from tasks.subflow import subflow_runs
 
     with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
         (top,) = client.read_flow_runs(
@@ -68,17 +69,9 @@ def last_pipeline_runs(api_url: str) -> dict[str, Any]:
             sort=FlowRunSort.START_TIME_DESC,
             limit=1,
         )
-        runs, frontier, stages = [top], [top.id], []
-        while frontier:
-            children = client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(
-                    parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=frontier)
-                ),
-                limit=200,
-            )
-            runs += children
-            stages = stages or children  # the first level: one subflow per stage
-            frontier = [child.id for child in children]
+        below = subflow_runs(client, top.id)
+        runs = [top] + [run for level in below for run in level]
+        stages = below[0] if below else []  # the first level: one subflow per stage
         tasks = client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[r.id for r in runs])),
             limit=200,

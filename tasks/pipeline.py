@@ -20,8 +20,6 @@ from prefect.client.schemas.filters import (
     ArtifactFilter,
     ArtifactFilterFlowRunId,
     ArtifactFilterKey,
-    FlowRunFilter,
-    FlowRunFilterParentFlowRunId,
 )
 from prefect.client.schemas.sorting import ArtifactSort
 from prefect.runtime import flow_run
@@ -29,7 +27,7 @@ from prefect.settings import PREFECT_UI_URL
 
 from penultimate.artifacts import ArtifactRef, ArtifactStore
 from penultimate.pipeline_summary import STAGE_REPORTS, PipelineRun, StageRun, pipeline_markdown
-from tasks.subflow import run_subflow
+from tasks.subflow import run_subflow, subflow_runs
 
 
 class PipelineProgress:
@@ -79,18 +77,11 @@ def stage_report_links(ui_url: str) -> dict[str, str]:
 
 
 def _newest_reports_of_this_run(keys: list[str]) -> dict[str, UUID]:
+    if not flow_run.id:
+        return {}
+    this_run = UUID(flow_run.id)
     with get_client(sync_client=True) as client:
-        runs: list[UUID] = []
-        frontier = [UUID(flow_run.id)] if flow_run.id else []
-        while frontier:  # the pipeline run and its subflows, all levels down
-            runs += frontier
-            children = client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(
-                    parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=frontier)
-                ),
-                limit=200,
-            )
-            frontier = [child.id for child in children]
+        runs = [this_run] + [run.id for level in subflow_runs(client, this_run) for run in level]
         reports = client.read_artifacts(
             artifact_filter=ArtifactFilter(
                 key=ArtifactFilterKey(any_=keys),

@@ -233,26 +233,15 @@ def task_state_counts(flow_state: object, subflows: bool = False) -> dict[tuple[
     from collections import Counter
 
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (
-        FlowRunFilter,
-        FlowRunFilterId,
-        FlowRunFilterParentFlowRunId,
-    )
-    from prefect.client.schemas.sorting import FlowRunSort, TaskRunSort
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import TaskRunSort
 
-    flow_run_ids = [flow_state.state_details.flow_run_id]  # type: ignore[attr-defined]
+    from tasks.subflow import subflow_runs
+
+    root = flow_state.state_details.flow_run_id  # type: ignore[attr-defined]
     with get_client(sync_client=True) as client:
-        frontier = list(flow_run_ids)
-        while subflows and frontier:
-            children = client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(
-                    parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=frontier)
-                ),
-                sort=FlowRunSort.START_TIME_ASC,
-                limit=200,
-            )
-            frontier = [child.id for child in children]
-            flow_run_ids += frontier
+        below = subflow_runs(client, root) if subflows else []
+        flow_run_ids = [root] + [run.id for level in below for run in level]
         # The server records task-run states from the client's events asynchronously, so a
         # flow that just returned may still show a task Running: read until every one is final.
         deadline = time.monotonic() + 30
