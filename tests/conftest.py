@@ -12,7 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ import polars as pl
 import pytest
 
 import penultimate  # noqa: F401  (selects tf-keras before anything imports TensorFlow)
-from minilm_fixture import LOCK_FILE, publish_minilm_pair
+from encoder_fixtures import LOCK_FILE, publish_minilm_pair, write_tiny_bert_folder
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CORPUS = REPO.parent / "shared" / "data" / "spamassassin.parquet"
@@ -102,7 +102,7 @@ def minilm_pair(encoder_store: str, tmp_path_factory: pytest.TempPathFactory) ->
     key the build-encoder task computes, so flows reuse it; built once per test session, in the
     background from the session's start under pytest-xdist (see pytest_sessionstart), else by
     the first test that needs it."""
-    session_root = minilm_session_root(tmp_path_factory.getbasetemp())
+    session_root = session_shared_root(tmp_path_factory.getbasetemp())
     with (session_root / LOCK_FILE).open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         ref = publish_minilm_pair(session_root)
@@ -112,10 +112,41 @@ def minilm_pair(encoder_store: str, tmp_path_factory: pytest.TempPathFactory) ->
     return folder
 
 
-def minilm_session_root(basetemp: Path) -> Path:
+def session_shared_root(basetemp: Path) -> Path:
     """The folder this test session's processes share: an xdist worker's basetemp is
     `<session basetemp>/popen-gwN`."""
     return basetemp.parent if os.environ.get("PYTEST_XDIST_WORKER") else basetemp
+
+
+def built_once_per_session(
+    tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]
+) -> Path:
+    """`<shared root>/name`, which `build` fills once for all of the session's processes: the
+    first to get here builds it in a staging folder and renames it, the others wait."""
+    folder = session_shared_root(tmp_path_factory.getbasetemp()) / name
+    with folder.with_name(f"{name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not folder.exists():
+            staging = folder.with_name(f"{name}.partial")
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir()
+            build(staging)
+            staging.rename(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_pair(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random BERT of TINY_BERT's shape (3 blocks, hidden size 32), converted by the library's
+    `build_encoder_pair` at seq_length 16: for tests of training mechanics, where MiniLM's
+    6 blocks of 384 would only make them slower. Its checkpoint folder is `<pair>/../checkpoint`."""
+    from penultimate.encoders.bert_convert import build_encoder_pair
+
+    def build(root: Path) -> None:
+        checkpoint = write_tiny_bert_folder(root / "checkpoint")
+        build_encoder_pair(checkpoint, root / "pair", seq_length=16)
+
+    return built_once_per_session(tmp_path_factory, "tiny-bert", build) / "pair"
 
 
 @pytest.fixture(scope="session")
@@ -126,15 +157,14 @@ def hub_pair(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from penultimate.encoders.hub_import import import_hub_pair
     from penultimate.encoders.pair import EncoderPair
 
-    folder = tmp_path_factory.mktemp("hub-pair") / "imported"
-    folder.mkdir()
     config = EncoderConfig(
         hub_preprocessor=str(HUB_PAIR / "preprocessor"),
         hub_encoder=str(HUB_PAIR / "encoder"),
         seq_length=64,
     )
-    import_hub_pair(config, EncoderPair(folder))
-    return folder
+    return built_once_per_session(
+        tmp_path_factory, "hub-pair", lambda folder: import_hub_pair(config, EncoderPair(folder))
+    )
 
 
 # Test kinds, by what they need: `library` (plain functions, layers and models; no services),
@@ -204,9 +234,10 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     fcntl.flock(lock, fcntl.LOCK_EX)
     # The build inherits the locked file and holds the lock until it exits, even if it fails:
     # a fixture then finds no pair and builds it itself, showing the error in its test.
+    script = Path(__file__).with_name("encoder_fixtures.py")
     with (session_root / "minilm-build.log").open("w") as log:
         config.stash[MINILM_BUILD] = subprocess.Popen(
-            [sys.executable, str(Path(__file__).with_name("minilm_fixture.py")), str(session_root)],
+            [sys.executable, str(script), str(session_root)],
             stdout=log, stderr=subprocess.STDOUT, pass_fds=(lock.fileno(),),
         )  # fmt: skip
     lock.close()

@@ -68,13 +68,14 @@ def test_console_records_lose_their_traceback_and_other_handlers_keep_it() -> No
     assert "Traceback" in full and "shard 3 is damaged" in full
 
 
+# 0.8 s in all: past progress_bar's 0.5 s refresh interval, so the bar draws mid-run.
 COUNTED_STEP = """
 import time
 from penultimate.console import progress_bar
 
 with progress_bar(400, "encoding", "text") as bar:
     for _ in range(10):
-        time.sleep(0.15)
+        time.sleep(0.08)
         bar.update(40)
 """
 
@@ -118,6 +119,7 @@ def test_long_steps_show_a_progress_bar_with_rate_and_eta_on_a_terminal_only() -
 
 
 # Slow batches from a generator (as fine-tuning feeds them): Keras cannot count the steps.
+# 0.8 s an epoch, past progress_bar's 0.5 s refresh interval.
 SLOW_EPOCHS = """
 import os, time
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
@@ -126,7 +128,7 @@ from penultimate.training_log import EpochLog
 
 class Slow(tf_keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
-        time.sleep(0.2)
+        time.sleep(0.1)
 
 def batches():
     for _ in range(8):

@@ -17,7 +17,7 @@ from penultimate.config import EmbeddingChoice
 from penultimate.embed import EncoderEmbedder, ShardError, extract_shard_embeddings
 from penultimate.embeddings import read_embeddings
 from penultimate.encoders.pair import EncoderPair
-from penultimate.features import LoadedEncoder, encoder_choice_names
+from penultimate.features import LoadedEncoder, encoder_choice_names, load_encoder
 
 REFERENCE = json.loads((FIXTURES / "minilm_reference.json").read_text())
 ARRAYS = np.load(FIXTURES / "minilm_reference.npz")
@@ -25,8 +25,7 @@ ARRAYS = np.load(FIXTURES / "minilm_reference.npz")
 
 @pytest.fixture(scope="module")
 def loaded(minilm_pair: Path) -> LoadedEncoder:
-    pair = EncoderPair(minilm_pair)
-    return LoadedEncoder.load(pair)
+    return load_encoder(EncoderPair(minilm_pair))  # the process's one copy, as tasks share it
 
 
 def test_default_choice_reproduces_sentence_transformers(loaded: LoadedEncoder) -> None:

@@ -14,6 +14,7 @@ import tensorflow_hub as hub
 import tf_keras
 
 from conftest import FIXTURES, task_run_states
+from encoder_fixtures import TINY_BERT
 from penultimate.encoders.pair import EncoderPair
 from penultimate.encoders.sources import EncoderSourceError, resolve_weights_folder
 from penultimate.pooling import l2_normalize, masked_mean
@@ -122,61 +123,15 @@ def test_converter_names_what_is_missing(tmp_path: Path) -> None:
         resolve_weights_folder(str(tmp_path / "nowhere"))
 
 
-def tiny_bert_weights(arch: dict[str, int]) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    hidden, inter = arch["hidden_size"], arch["intermediate_size"]
-    shapes = {
-        "embeddings.word_embeddings.weight": (arch["vocab_size"], hidden),
-        "embeddings.position_embeddings.weight": (arch["max_position_embeddings"], hidden),
-        "embeddings.token_type_embeddings.weight": (2, hidden),
-        "embeddings.LayerNorm.weight": (hidden,),
-        "embeddings.LayerNorm.bias": (hidden,),
-        "pooler.dense.weight": (hidden, hidden),
-        "pooler.dense.bias": (hidden,),
-    }
-    for i in range(arch["num_hidden_layers"]):
-        p = f"encoder.layer.{i}"
-        for name in (
-            "attention.self.query",
-            "attention.self.key",
-            "attention.self.value",
-            "attention.output.dense",
-        ):
-            shapes[f"{p}.{name}.weight"] = (hidden, hidden)
-            shapes[f"{p}.{name}.bias"] = (hidden,)
-        shapes[f"{p}.intermediate.dense.weight"] = (inter, hidden)
-        shapes[f"{p}.intermediate.dense.bias"] = (inter,)
-        shapes[f"{p}.output.dense.weight"] = (hidden, inter)
-        shapes[f"{p}.output.dense.bias"] = (hidden,)
-        for norm in ("attention.output.LayerNorm", "output.LayerNorm"):
-            shapes[f"{p}.{norm}.weight"] = (hidden,)
-            shapes[f"{p}.{norm}.bias"] = (hidden,)
-    # A task checkpoint's "bert." prefix must be understood too.
-    return {f"bert.{k}": rng.normal(0, 0.02, s).astype(np.float32) for k, s in shapes.items()}
-
-
-def test_converter_takes_any_bert_folder(tmp_path: Path) -> None:
-    from safetensors.numpy import save_file
-
+def test_converter_takes_any_bert_folder(tiny_bert_pair: Path, tmp_path: Path) -> None:
+    """tiny_bert_pair is a random BERT of another shape than MiniLM's, converted by
+    `build_encoder_pair` at seq_length 16."""
     from penultimate.encoders.bert_convert import build_encoder_pair
 
-    arch = {
-        "vocab_size": 30522,
-        "hidden_size": 32,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "intermediate_size": 64,
-        "max_position_embeddings": 64,
-    }
-    folder = tmp_path / "tiny"
-    folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({**arch, "model_type": "bert"}))
-    shutil.copy(resolve_weights_folder("minilm-l6") / "vocab.txt", folder / "vocab.txt")
-    save_file(tiny_bert_weights(arch), str(folder / "model.safetensors"))
-    pair = build_encoder_pair(resolve_weights_folder(str(folder)), tmp_path / "out", seq_length=16)
+    pair = EncoderPair(tiny_bert_pair)
     inputs = tf.saved_model.load(str(pair.preprocessor))(tf.constant(["hello tiny world"]))
     outputs = tf.saved_model.load(str(pair.encoder))(inputs, training=False)
-    assert outputs["sequence_output"].shape == (1, 16, 32)
-    assert len(outputs["encoder_outputs"]) == 2
+    assert outputs["sequence_output"].shape == (1, 16, TINY_BERT["hidden_size"])
+    assert len(outputs["encoder_outputs"]) == TINY_BERT["num_hidden_layers"]
     with pytest.raises(EncoderSourceError, match="exceeds the model's max_position_embeddings"):
-        build_encoder_pair(folder, tmp_path / "out2", seq_length=128)
+        build_encoder_pair(tiny_bert_pair.parent / "checkpoint", tmp_path / "out", seq_length=128)

@@ -17,6 +17,7 @@ from penultimate.features import (
     ChoiceEncoder,
     LoadedEncoder,
     length_sorted_batches,
+    load_encoder,
     token_windows,
 )
 from penultimate.shard_features import EncoderPass, long_text_counts, window_counts
@@ -26,7 +27,7 @@ CHUNK = EncoderPass(long_text="chunk")  # type: ignore[arg-type]
 
 @pytest.fixture(scope="module")
 def loaded(minilm_pair: Path) -> LoadedEncoder:
-    return LoadedEncoder.load(EncoderPair(minilm_pair))
+    return load_encoder(EncoderPair(minilm_pair))  # the process's one copy, as tasks share it
 
 
 @pytest.mark.parametrize(("window", "stride"), [(4, 4), (4, 2), (5, 3)])

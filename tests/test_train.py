@@ -19,7 +19,7 @@ from penultimate.artifacts import ArtifactRef
 from penultimate.classifier import TextClassifier
 from penultimate.config import ClassWeights, EncoderConfig, TrainConfig
 from penultimate.encoders.pair import EncoderInfo, EncoderPair
-from penultimate.features import LoadedEncoder
+from penultimate.features import load_encoder
 from penultimate.ingest import label_counts_per_split
 from penultimate.train import (
     AUTO_WEIGHT_CAP,
@@ -114,7 +114,7 @@ def test_inputs_checked_against_data_and_encoder() -> None:
 
 def fit_one_epoch(pair: EncoderPair, freeze: str) -> tuple[dict[str, np.ndarray], TextClassifier]:
     config = TrainConfig(freeze=freeze, learning_rate=1e-2, encoder_learning_rate=1e-3)
-    loaded = LoadedEncoder.load(pair)
+    loaded = load_encoder(pair)
     model = TextClassifier(str(pair.encoder), config, 2, num_layers=loaded.info.num_layers)
     texts = [
         f"message number {i} about {'cheap pills' if i % 2 else 'the meeting'}" for i in range(16)
@@ -134,16 +134,18 @@ def fit_one_epoch(pair: EncoderPair, freeze: str) -> tuple[dict[str, np.ndarray]
     return before, model
 
 
-def test_freeze_top_n_trains_only_the_top_blocks_and_pooler(minilm_pair: Path) -> None:
-    before, model = fit_one_epoch(EncoderPair(minilm_pair), "top:2")
+def test_freeze_top_n_trains_only_the_top_blocks_and_pooler(tiny_bert_pair: Path) -> None:
+    """The built-in converter's names: blocks `layer_<i>/`, the pooler `pooler/` (3 blocks)."""
+    before, model = fit_one_epoch(EncoderPair(tiny_bert_pair), "top:2")
     changed = {
         v.name for v in model.encoder.weights if not np.array_equal(v.numpy(), before[v.name])
     }
-    trainable = ("layer_4/", "layer_5/", "pooler/")
+    trainable = ("layer_1/", "layer_2/", "pooler/")
     frozen = {n for n in before if not n.startswith(trainable)}
+    assert any(n.startswith("layer_0/") for n in frozen)
     assert not changed & frozen, sorted(changed & frozen)
-    assert any(n.startswith("layer_4/") for n in changed)
-    assert any(n.startswith("layer_5/") for n in changed)
+    assert any(n.startswith("layer_1/") for n in changed)
+    assert any(n.startswith("layer_2/") for n in changed)
 
 
 def test_freeze_top_n_on_a_model_garden_encoder(hub_pair: Path) -> None:
@@ -167,7 +169,7 @@ def test_freeze_top_n_on_a_model_garden_encoder(hub_pair: Path) -> None:
         )
 
 
-@pytest.mark.parametrize("pair_name", ["minilm_pair", "hub_pair"])
+@pytest.mark.parametrize("pair_name", ["tiny_bert_pair", "hub_pair"])
 def test_freeze_all_leaves_the_encoder_bit_identical(
     pair_name: str, request: pytest.FixtureRequest
 ) -> None:
@@ -244,7 +246,6 @@ def test_training_logs_timed_epochs_and_a_named_tensorboard_run_with_hparams(
     with its time, and the TensorBoard run under a readable name with its hparams session."""
     from tensorboard.plugins.hparams import plugin_data_pb2
 
-    from penultimate.features import load_encoder
     from penultimate.train import LabelSpace, fit_classifier
 
     config = TrainConfig.model_validate(
