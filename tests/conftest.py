@@ -183,6 +183,13 @@ SHARED_FIXTURE_GROUPS = {
     "test_probe.py": "probe",
     "test_deployments.py": "deployments",
     "test_browser.py": "deployments",
+    # One worker loads the pairs and warms up Keras' training step, or MiniLM, not both.
+    "test_train.py": "training",
+    "test_explain_dropout.py": "training",
+    "test_embed.py": "minilm",
+    "test_encoder.py": "minilm",
+    "test_long_text.py": "minilm",
+    "test_preprocessor.py": "minilm",
 }
 # The slowest modules first (longest-processing-time-first), so both workers finish together
 # instead of one running a long test alone at the end; the rest keep their file order.
@@ -195,6 +202,12 @@ SLOWEST_FIRST = [
     "test_browser.py",
     "test_embed_flow.py",
     "test_probe.py",
+    "test_train.py",
+    "test_explain_dropout.py",
+    "test_embed.py",
+    "test_encoder.py",
+    "test_long_text.py",
+    "test_preprocessor.py",
 ]
 
 
