@@ -171,6 +171,22 @@ def hub_pair(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # `flow` (a real Prefect server and Dask), `e2e` (deployments, workers, the Prefect UI).
 E2E_MODULES = {"test_deployments.py", "test_browser.py"}
 FLOW_MODULES = {"test_dask_cluster.py"}
+# Modules without a `library` test: `-m library` (make test-fast) does not even import them,
+# which spares each worker importing Prefect, the flows and Dask (2 s); every other run checks
+# that the list is true.
+NO_LIBRARY_TESTS = (
+    E2E_MODULES
+    | FLOW_MODULES
+    | {
+        "test_embed_flow.py",
+        "test_embed_resilience.py",
+        "test_hub_pair.py",
+        "test_ingest_flow.py",
+        "test_pipeline.py",
+        "test_probe.py",
+        "test_train_export_flow.py",
+    }
+)
 
 
 # With two pytest-xdist workers (`--dist loadgroup`), a module whose tests share module- or
@@ -225,8 +241,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.e2e)
         elif module in FLOW_MODULES or {"prefect_api", "dask_cluster"} & set(item.fixturenames):
             item.add_marker(pytest.mark.flow)
+        elif module in NO_LIBRARY_TESTS:
+            raise pytest.UsageError(f"{item.nodeid} is a library test: take {module} out of "
+                                    "NO_LIBRARY_TESTS in tests/conftest.py")  # fmt: skip
         else:
             item.add_marker(pytest.mark.library)
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    if config.getoption("markexpr") == "library" and collection_path.name in NO_LIBRARY_TESTS:
+        return True
+    return None  # pytest decides
 
 
 # Modules whose tests need the built MiniLM pair (by fixture name in their source).
