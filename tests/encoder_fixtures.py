@@ -1,5 +1,6 @@
 """The encoders the tests build: the built-in MiniLM pair (once per test session, into a store the
-session's pytest-xdist workers share) and a tiny random BERT checkpoint folder for the converter.
+session's pytest-xdist workers share) and a tiny random BERT checkpoint folder (converter and
+training-mechanics tests).
 
 `python tests/encoder_fixtures.py ROOT` builds the MiniLM pair into ROOT's store unless it is
 there already: the background build conftest starts.
@@ -76,6 +77,7 @@ def write_tiny_bert_folder(folder: Path) -> Path:
 
 
 def tiny_bert_weights(arch: dict[str, int]) -> dict[str, np.ndarray]:
+    """Random weights (normal, sd 0.02, seed 0) for every tensor of a BERT of shape `arch`."""
     rng = np.random.default_rng(0)
     hidden, inter = arch["hidden_size"], arch["intermediate_size"]
     shapes = {
