@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from penultimate.artifacts import ArtifactRef, ArtifactStore
-from penultimate.config import Pooling, Precision
+from penultimate.config import Pooling, Precision, Runtime
 from penultimate.console import progress_bar
 from penultimate.encoders.pair import EncoderInfo, EncoderPair
 from penultimate.errors import InputError
@@ -271,27 +271,48 @@ class ChoiceEncoder:
         self, loaded: LoadedEncoder, names: Sequence[str], encoder_pass: EncoderPass = DEFAULT_PASS
     ) -> None:
         self.loaded, self.names, self.encoder_pass = loaded, list(names), encoder_pass
-        encoder = loaded.inference(encoder_pass.precision)
         seq_length = loaded.info.seq_length
         self.stride = encoder_pass.stride(seq_length)
 
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
-        def run(texts: tf.Tensor) -> dict[str, tf.Tensor]:
-            inputs = pack_to_longest(loaded.preprocessor, texts, seq_length)
-            return selected_choices(encoder(inputs), inputs["input_mask"], self.names)
+        def pack(texts: tf.Tensor) -> tuple[dict[str, tf.Tensor], tf.Tensor | None]:
+            """Encoder inputs, and with chunking the text each window came from."""
+            if encoder_pass.chunks:
+                return pack_windows(loaded.preprocessor, texts, seq_length, self.stride)
+            return pack_to_longest(loaded.preprocessor, texts, seq_length), None
 
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
-        def run_windows(texts: tf.Tensor) -> dict[str, tf.Tensor]:
-            inputs, owner = pack_windows(loaded.preprocessor, texts, seq_length, self.stride)
-            mask = inputs["input_mask"]
+        def pool(
+            outputs: Mapping[str, Any], mask: tf.Tensor, owner: tf.Tensor | None, rows: tf.Tensor
+        ) -> dict[str, tf.Tensor]:
+            """The named vectors; a chunked text's is its windows' token-weighted mean."""
+            chosen = selected_choices(outputs, mask, self.names)
+            if owner is None:
+                return chosen
             weights = tf.cast(tf.reduce_sum(mask, axis=1), tf.float32)
-            rows = tf.shape(texts, out_type=tf.int64)[0]
-            return {
-                name: token_weighted_mean(vectors, weights, owner, rows)
-                for name, vectors in selected_choices(encoder(inputs), mask, self.names).items()
-            }
+            return {n: token_weighted_mean(v, weights, owner, rows) for n, v in chosen.items()}
 
-        self.run = run_windows if encoder_pass.chunks else run
+        texts_spec = [tf.TensorSpec([None], tf.string)]
+        if encoder_pass.runtime == Runtime.openvino:
+            encoder = openvino_encoder(loaded, self.names, encoder_pass.precision)
+            traced_pack = tf.function(pack, input_signature=texts_spec)
+
+            def run(texts: tf.Tensor) -> dict[str, tf.Tensor]:
+                # Three steps, not one graph: OpenVINO runs the encoder between TensorFlow's
+                # tokenisation and pooling.
+                inputs, owner = traced_pack(texts)
+                rows = tf.shape(texts, out_type=tf.int64)[0]
+                return pool(encoder(inputs), inputs["input_mask"], owner, rows)
+
+            self.run: Callable[[tf.Tensor], dict[str, tf.Tensor]] = run
+        else:
+            tf_encoder = loaded.inference(encoder_pass.precision)
+
+            @tf.function(input_signature=texts_spec)
+            def run_graph(texts: tf.Tensor) -> dict[str, tf.Tensor]:
+                inputs, owner = pack(texts)
+                rows = tf.shape(texts, out_type=tf.int64)[0]
+                return pool(tf_encoder(inputs), inputs["input_mask"], owner, rows)
+
+            self.run = run_graph
 
     def encode(
         self, texts: Sequence[str], batch_size: int = 64, desc: str = "encoding"
@@ -308,6 +329,36 @@ class ChoiceEncoder:
             texts, lambda batch: self.run(tf.constant(batch)), batch_size, desc, tokens, rows
         )
         return vectors, tokens
+
+
+def openvino_encoder(
+    loaded: LoadedEncoder, names: Sequence[str], precision: Precision
+) -> Callable[[Mapping[str, tf.Tensor]], dict[str, Any]]:
+    """The encoder of `loaded` run by OpenVINO (`runtime: openvino`), computing only the outputs
+    the named vectors need, with TensorFlow's thread limit; returns outputs shaped as the
+    TensorFlow encoder's (`encoder_outputs` indexed by layer, `pooled_output`)."""
+    from penultimate.encoders.openvino_runtime import OpenVinoEncoder
+
+    layers = sorted({int(n.split("_")[1]) for n in names if n != "pooled"})
+    wanted = [f"encoder_outputs_{i}" for i in layers] + ["pooled_output"] * ("pooled" in names)
+    signatures = getattr(loaded.encoder, "signatures", {})
+    if "serving_default" not in signatures:
+        raise InputError(
+            "embedding.runtime: openvino converts the encoder's serving_default signature; "
+            "this encoder SavedModel has none (an encoder built by `penultimate build-encoder` "
+            "has one)"
+        )
+    threads = tf.config.threading.get_intra_op_parallelism_threads()
+    compiled = OpenVinoEncoder(signatures["serving_default"], wanted, precision, threads)
+
+    def run(inputs: Mapping[str, tf.Tensor]) -> dict[str, Any]:
+        out = {name: tf.convert_to_tensor(value) for name, value in compiled(inputs).items()}
+        return {
+            "encoder_outputs": {i: out[f"encoder_outputs_{i}"] for i in layers},
+            "pooled_output": out.get("pooled_output"),
+        }
+
+    return run
 
 
 @functools.lru_cache(maxsize=8)

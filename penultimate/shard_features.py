@@ -25,6 +25,7 @@ from penultimate.config import (
     LongText,
     Pooling,
     Precision,
+    Runtime,
 )
 from penultimate.encoders.pair import encoder_layers
 from penultimate.errors import InputError
@@ -43,17 +44,18 @@ class ShardError(InputError):
 
 
 class EncoderPass(NamedTuple):
-    """How texts go through the encoder for a features artifact: the matmul precision, and
-    whether texts longer than the encoder's seq_length are cut or embedded window by window
-    (`chunk_stride` tokens apart; None = back to back)."""
+    """How texts go through the encoder for a features artifact: the matmul precision, whether
+    texts longer than the encoder's seq_length are cut or embedded window by window
+    (`chunk_stride` tokens apart; None = back to back), and what executes the encoder."""
 
     precision: Precision = Precision.float32
     long_text: LongText = LongText.truncate
     chunk_stride: int | None = None
+    runtime: Runtime = Runtime.tensorflow
 
     @classmethod
     def of(cls, choice: EmbeddingChoice) -> EncoderPass:
-        return cls(choice.precision, choice.long_text, choice.chunk_stride)
+        return cls(choice.precision, choice.long_text, choice.chunk_stride, choice.runtime)
 
     @property
     def chunks(self) -> bool:
@@ -72,9 +74,11 @@ class EncoderPass(NamedTuple):
         return window if self.chunk_stride is None else self.chunk_stride
 
     def key(self) -> dict[str, str]:
-        """The part of a features artifact's key this pass fixes (truncation adds nothing, so
-        keys made before chunking existed stay valid)."""
+        """The part of a features artifact's key this pass fixes (truncation and TensorFlow add
+        nothing, so keys made before chunking and OpenVINO existed stay valid)."""
         key = {"precision": str(self.precision)}
+        if self.runtime != Runtime.tensorflow:
+            key["runtime"] = str(self.runtime)
         if self.chunks:
             key["long_text"] = f"chunk, stride {self.chunk_stride or 'one window'}"
         return key

@@ -4,6 +4,7 @@ layer/pooling combinations, batch-size independence, and the per-shard unit of w
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +14,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import FIXTURES
-from penultimate.config import EmbeddingChoice
+from penultimate.config import EmbedConfig, EmbeddingChoice, Runtime
 from penultimate.embed import EncoderEmbedder, ShardError, extract_shard_embeddings
 from penultimate.embeddings import read_embeddings
+from penultimate.encoders.openvino_runtime import import_openvino
 from penultimate.encoders.pair import EncoderPair
+from penultimate.errors import InputError
 from penultimate.features import LoadedEncoder, encoder_choice_names, load_encoder
+from penultimate.shard_features import EncoderPass
 
 REFERENCE = json.loads((FIXTURES / "minilm_reference.json").read_text())
 ARRAYS = np.load(FIXTURES / "minilm_reference.npz")
@@ -76,6 +80,43 @@ def test_bfloat16_precision_is_close_to_float32_but_really_bfloat16(
     assert np.abs(exact - fast).max() > 1e-4  # bfloat16 matmuls are really in use
     with pytest.raises(ValueError, match="bfloat16 runs a bare encoder"):
         EmbeddingChoice(source="penultimate", precision="bfloat16")
+
+
+def test_openvino_runtime_runs_the_same_encoder(loaded: LoadedEncoder) -> None:
+    texts = REFERENCE["sentences"]
+    long_texts = [" ".join(texts)] * 2 + texts[:3]  # 2 texts of several windows each
+
+    def embed(texts: list[str], **choice: object) -> np.ndarray:
+        return EncoderEmbedder(loaded, EmbeddingChoice.model_validate(choice)).embed(texts)
+
+    exact = embed(texts, runtime="openvino")
+    assert (np.sum(exact * ARRAYS["embeddings"], axis=1) >= 0.9999).all()
+    assert np.abs(exact - embed(texts)).max() <= 1e-5
+    fast = embed(texts, runtime="openvino", precision="bfloat16")
+    assert np.sum(exact * fast, axis=1).min() >= 0.999
+    assert np.abs(exact - fast).max() > 1e-4  # OpenVINO really runs bfloat16
+    # A graph cut after layer 2, and windows of long texts.
+    chunked = {"long_text": "chunk", "layers": [2], "pooling": "max"}
+    np.testing.assert_allclose(
+        embed(long_texts, runtime="openvino", **chunked), embed(long_texts, **chunked), atol=1e-5
+    )
+    for bad in ({"precision": "bfloat16"}, {"runtime": "openvino"}):
+        with pytest.raises(ValueError, match=f"{next(iter(bad.values()))} runs a bare encoder"):
+            EmbeddingChoice.model_validate({"source": "penultimate", **bad})
+    with pytest.raises(ValueError, match=r"embedding\.runtime: openvino runs a bare encoder"):
+        EmbedConfig(embedding=EmbeddingChoice(runtime="openvino"), export="x")
+    # OpenVINO features are an artifact of their own; TensorFlow's keys are as they were.
+    assert EncoderPass(runtime=Runtime.openvino).key() == {
+        "precision": "float32",
+        "runtime": "openvino",
+    }
+    assert EncoderPass().key() == {"precision": "float32"}
+
+
+def test_openvino_runtime_not_installed_is_an_input_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "openvino", None)  # what `import openvino` meets without it
+    with pytest.raises(InputError, match=r"pip install 'penultimate\[openvino\]'"):
+        import_openvino()
 
 
 def test_layers_combine_and_pool(loaded: LoadedEncoder) -> None:

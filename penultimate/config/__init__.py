@@ -15,6 +15,7 @@ from penultimate.config.embed import (
     LongText,
     OutputDtype,
     Precision,
+    Runtime,
     Split,
 )
 from penultimate.config.encoder import BUILTIN_ENCODER, EncoderConfig, Pooling
@@ -63,6 +64,7 @@ __all__ = [
     "Precision",
     "ProbeConfig",
     "Projection",
+    "Runtime",
     "Split",
     "SplitRatios",
     "TextFormat",

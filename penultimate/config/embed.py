@@ -47,6 +47,14 @@ class Precision(StrEnum):
     bfloat16 = "bfloat16"
 
 
+class Runtime(StrEnum):
+    """What executes the encoder: TensorFlow, or OpenVINO on the same SavedModel (an optional
+    extra, `pip install 'penultimate[openvino]'`; faster on CPUs, see benchmarks/RESULTS.md)."""
+
+    tensorflow = "tensorflow"
+    openvino = "openvino"
+
+
 class LongText(StrEnum):
     """Texts longer than the encoder's seq_length: cut there, or embedded window by window."""
 
@@ -80,6 +88,11 @@ class EmbeddingChoice(_Config):
     dtype: OutputDtype = Field(OutputDtype.float32, description="Stored vector precision.")
     precision: Precision = Field(
         Precision.float32, description="Encoder matmul precision; bfloat16 needs a bare encoder."
+    )
+    runtime: Runtime = Field(
+        Runtime.tensorflow,
+        description="What executes the encoder: tensorflow, or openvino (the same SavedModel, "
+        "faster on CPUs; pip install 'penultimate[openvino]'); openvino needs a bare encoder.",
     )
     long_text: LongText = Field(
         LongText.truncate,
@@ -122,12 +135,26 @@ class EmbeddingChoice(_Config):
                 "long_text: chunk embeds encoder layers window by window (source: encoder or "
                 "all_choices); a classifier's penultimate features are of one window"
             )
-        if self.precision == Precision.bfloat16 and self.source == EmbedSource.penultimate:
+        bare_only = self.bare_encoder_only()
+        if self.source == EmbedSource.penultimate and bare_only:
             raise ValueError(
-                "precision: bfloat16 runs a bare encoder (source: encoder); an exported "
-                "classifier computes in float32"
+                f"{bare_only} (source: encoder); an exported classifier computes in float32 on "
+                "TensorFlow"
             )
         return self
+
+    def bare_encoder_only(self, prefix: str = "") -> str | None:
+        """`"<field>: <value> runs a bare encoder"` for this choice's settings that only a bare
+        encoder runs (bfloat16 matmuls, the OpenVINO runtime), fields prefixed with `prefix`;
+        None when it has none."""
+        chosen = []
+        if self.precision == Precision.bfloat16:
+            chosen.append(f"{prefix}precision: {self.precision}")
+        if self.runtime == Runtime.openvino:
+            chosen.append(f"{prefix}runtime: {self.runtime}")
+        if not chosen:
+            return None
+        return f"{' and '.join(chosen)} {'runs' if len(chosen) == 1 else 'run'} a bare encoder"
 
 
 class DaskRunnerConfig(_Config):
@@ -176,9 +203,10 @@ class EmbedConfig(EmbedStageConfig):
     def _penultimate_needs_a_classifier(self) -> Self:
         if self.embedding.source == EmbedSource.penultimate and self.export is None:
             raise ValueError("embedding.source: penultimate needs `export` (a trained classifier)")
-        if self.embedding.precision == Precision.bfloat16 and self.export is not None:
+        bare_only = self.embedding.bare_encoder_only("embedding.")
+        if self.export is not None and bare_only:
             raise ValueError(
-                "embedding.precision: bfloat16 runs a bare encoder (no `export`); an exported "
-                "classifier computes in float32"
+                f"{bare_only} (no `export`); an exported classifier computes in float32 on "
+                "TensorFlow"
             )
         return self

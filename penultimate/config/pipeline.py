@@ -13,7 +13,6 @@ from penultimate.config.embed import (
     EmbeddingChoice,
     EmbedSource,
     EmbedStageConfig,
-    Precision,
 )
 from penultimate.config.export import ExportConfig
 from penultimate.config.ingest import IngestConfig
@@ -43,10 +42,11 @@ class PipelineConfig(_Config):
     def _stages_take_their_inputs_from_the_pipeline(self) -> Self:
         if self.cluster.embeddings is not None:
             raise ValueError("cluster.embeddings: the pipeline clusters the embeddings it makes")
-        if self.embed.embedding.precision == Precision.bfloat16:
+        bare_only = self.embed.embedding.bare_encoder_only("embed.embedding.")
+        if bare_only:
             raise ValueError(
-                "embed.embedding.precision: the pipeline embeds with its exported classifier, "
-                "which computes in float32"
+                f"{bare_only}; the pipeline embeds with its exported classifier, which computes "
+                "in float32 on TensorFlow"
             )
         return self
 
