@@ -57,6 +57,13 @@ PEERS = {  # backend of st_reference.py -> run name; all run in the --peer-pytho
     "openvino": "sentence-transformers, OpenVINO",
 }
 PLAIN = "plain loop (engine only), 1 process x 2 threads"
+# The project's encoder modes: run-name suffix -> the embedding choice's runtime and precision.
+MODES = {
+    "float32": {"precision": "float32"},
+    "bfloat16": {"precision": "bfloat16"},
+    "OpenVINO float32": {"runtime": "openvino", "precision": "float32"},
+    "OpenVINO bfloat16": {"runtime": "openvino", "precision": "bfloat16"},
+}
 
 
 @dataclass
@@ -134,11 +141,11 @@ def fixed_batch_ms(embed: Callable[[list[str]], object], repeats: int = 20) -> f
     return 1000 * min(times)
 
 
-def plain_loop(dataset: ArtifactRef, pair: EncoderPair, out: Path, precision: str) -> None:
+def plain_loop(dataset: ArtifactRef, pair: EncoderPair, out: Path, mode: str) -> None:
     """The flow's per-shard work (read, embed, count truncated, write Parquet) in this process,
     as a user's own script would do it; prints the rows, the shards' compute seconds (measured
     as the flow's are), the fixed cost of a batch and this process's peak memory."""
-    choice = EmbeddingChoice(precision=precision)  # type: ignore[arg-type]
+    choice = EmbeddingChoice.model_validate(MODES[mode])
     embedder = EncoderEmbedder(LoadedEncoder.load(pair), choice, BATCH)
     out.mkdir(parents=True)
     stats = [
@@ -156,14 +163,14 @@ def plain_loop(dataset: ArtifactRef, pair: EncoderPair, out: Path, precision: st
 
 
 def run_plain_loop(
-    name: str, dataset: ArtifactRef, pair: EncoderPair, work: Path, precision: str
+    name: str, dataset: ArtifactRef, pair: EncoderPair, work: Path, mode: str
 ) -> Run:
     """`plain_loop` in a fresh interpreter, timed from start to exit like the flow is."""
-    out = work / f"plain-{precision}"
+    out = work / f"plain-{mode.replace(' ', '-')}"
     started = time.perf_counter()
     result = subprocess.run(
         [sys.executable, "-m", "benchmarks.bench_embed", "--plain-loop", dataset.uri,
-         str(pair.root), str(out), precision],
+         str(pair.root), str(out), mode],
         check=True, capture_output=True, text=True,
     )  # fmt: skip
     seconds = time.perf_counter() - started
@@ -223,10 +230,11 @@ def prepare_peers(peer_python: str) -> dict[str, str]:
     return failed
 
 
-FLOW_RUNS = (  # (name, workers, precision); round_ratios reads them in this order
+FLOW_RUNS = (  # (name, workers, mode); round_ratios reads the first three in this order
     ("flow, 1 worker x 2 threads, float32", 1, "float32"),
     ("flow, 2 workers x 1 thread, float32", 2, "float32"),
     ("flow, 2 workers x 1 thread, bfloat16", 2, "bfloat16"),
+    ("flow, 2 workers x 1 thread, OpenVINO bfloat16", 2, "OpenVINO bfloat16"),
 )
 
 
@@ -248,7 +256,7 @@ def overhead(flow: Run, plain: Run) -> str:
 def round_ratios(index: int, runs: dict[str, Run], st_name: str) -> str:
     """One mail round's ratios as a table row, against that round's sentence-transformers (torch)
     run `st_name`."""
-    f32_1w, f32_2w, bf16_2w = (runs[name] for name, _, _ in FLOW_RUNS)
+    f32_1w, f32_2w, bf16_2w = (runs[name] for name, _, _ in FLOW_RUNS[:3])
     st, plain = runs[st_name], runs[f"{PLAIN}, float32"]
     return (
         f"| {index} | {st.texts_per_s:.1f} / {st.steady_texts_per_s:.1f} | {versus(f32_2w, st)} "
@@ -478,16 +486,14 @@ def main() -> None:
     parser.add_argument(
         "--plain-loop",
         nargs=4,
-        metavar=("DATASET", "ENCODER", "OUT", "PRECISION"),
+        metavar=("DATASET", "ENCODER", "OUT", "MODE"),
         help=argparse.SUPPRESS,
     )
     args = parser.parse_args()
     limit_tensorflow_threads(THREADS)
     if args.plain_loop:
-        dataset, encoder, out, precision = args.plain_loop
-        plain_loop(
-            open_artifact(dataset, "dataset"), EncoderPair(Path(encoder)), Path(out), precision
-        )
+        dataset, encoder, out, mode = args.plain_loop
+        plain_loop(open_artifact(dataset, "dataset"), EncoderPair(Path(encoder)), Path(out), mode)
         return
 
     if not args.st_python:
@@ -554,9 +560,9 @@ def benchmark(args: argparse.Namespace, work: Path) -> list[str]:
     failed = prepare_peers(args.peer_python) if args.peer_python else {}
     peers = {b: n for b, n in PEERS.items() if args.peer_python and b not in failed}
 
-    def flow_config(workers: int, precision: str = "float32") -> EmbedConfig:
+    def flow_config(workers: int, mode: str = "float32") -> EmbedConfig:
         return EmbedConfig(
-            embedding=EmbeddingChoice(precision=precision),  # type: ignore[arg-type]
+            embedding=EmbeddingChoice.model_validate(MODES[mode]),
             runner=DaskRunnerConfig(n_workers=workers, tf_threads=THREADS // workers),
         )
 
@@ -564,18 +570,18 @@ def benchmark(args: argparse.Namespace, work: Path) -> list[str]:
 
     def measure_corpus(corpus_name: str, folder: Path) -> dict[str, Run]:
         """Every run of one corpus once, one after another: the flows of FLOW_RUNS (short texts:
-        the 2-worker ones), the plain loop per precision, sentence-transformers torch per batch
+        the 2-worker ones), the plain loop per mode, sentence-transformers torch per batch
         size, then each peer backend."""
         corpus_dataset, _ = corpora[corpus_name]
         folder.mkdir()
         runs = {}
-        for name, workers, precision in FLOW_RUNS:
+        for name, workers, mode in FLOW_RUNS:
             if corpus_name == "mail" or workers == 2:
-                config = flow_config(workers, precision)
+                config = flow_config(workers, mode)
                 runs[name] = run_flow(name, corpus_dataset, folder, base.root, config)
-        for precision in ("float32", "bfloat16"):
-            name = f"{PLAIN}, {precision}"
-            runs[name] = run_plain_loop(name, corpus_dataset, pair, folder, precision)
+        for mode in MODES:
+            name = f"{PLAIN}, {mode}"
+            runs[name] = run_plain_loop(name, corpus_dataset, pair, folder, mode)
         for batch_size in args.st_batch_sizes.split(","):
             name = f"{ST_TORCH}, batch {batch_size}"
             run, info = run_sentence_transformers(
@@ -633,7 +639,7 @@ def benchmark(args: argparse.Namespace, work: Path) -> list[str]:
             (times, run_flow(f"x{times}", scaled, work, base.root, flow_config(2, "bfloat16")))
         )
 
-    f32_1w, f32_2w, bf16_2w = flows
+    f32_1w, f32_2w, bf16_2w = flows[:3]
     runs = [*flows, plain, *st_runs]
     mail_tokens = tokens["mail"]
     extra = peer_sections(
