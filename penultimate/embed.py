@@ -270,7 +270,13 @@ class ExportedEmbedder:
     def embed_with_tokens(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """The embeddings [n, dim] and token counts [n] of `texts`."""
         tokens = count_tokens(self.preprocessor, texts)
-        results = batched_inference(texts, self._run_batch, self.batch_size, "embedding", tokens)
+        results = batched_inference(
+            texts,
+            lambda index: self._run_batch([texts[i] for i in index]),
+            self.batch_size,
+            "embedding",
+            tokens,
+        )
         if self.choice.source == EmbedSource.penultimate:
             vectors = results["embedding"]
             vectors = l2_normalize(vectors) if self.choice.normalize else vectors

@@ -89,21 +89,19 @@ def pool_encoder_outputs(
     return pool_tokens(select_layer(outputs, layer), mask, pooling)
 
 
-def token_counts(tokens: tf.RaggedTensor) -> tf.Tensor:
-    """Tokens per text of a `tokenize` output: [batch, (words), (wordpieces)] or [batch, (tokens)]
-    (both ragged ranks are TF Hub's standard)."""
-    flat = tokens.merge_dims(1, -1) if tokens.ragged_rank > 1 else tokens
-    return flat.row_lengths()
+def merged_wordpieces(tokens: tf.RaggedTensor) -> tf.RaggedTensor:
+    """A `tokenize` output, [batch, (words), (wordpieces)] or [batch, (tokens)] (both ragged
+    ranks are TF Hub's standard), as [batch, (tokens)]."""
+    return tokens.merge_dims(1, -1) if tokens.ragged_rank > 1 else tokens
 
 
 def pack_to_longest(preprocessor: Any, texts: tf.Tensor, seq_length: int) -> dict[str, tf.Tensor]:
     """Encoder inputs for [batch] strings, padded only to the batch's longest row (at most
     `seq_length`), through the standard TF-Hub preprocessor interface: `tokenize`, then
     `bert_pack_inputs` at that length. Works for any TF-Hub BERT preprocessor."""
-    tokens = preprocessor.tokenize(texts)
-    # The maximum with 2 ([CLS] and [SEP]) gives an empty batch a valid length too.
-    longest = tf.maximum(tf.cast(tf.reduce_max(token_counts(tokens)), tf.int32) + 2, 2)
-    return preprocessor.bert_pack_inputs([tokens], seq_length=tf.minimum(longest, seq_length))
+    return pack_wordpieces(
+        preprocessor, merged_wordpieces(preprocessor.tokenize(texts)), seq_length
+    )
 
 
 def token_windows(
@@ -120,19 +118,33 @@ def token_windows(
     return tf.gather(tokens.flat_values, tf.ragged.range(starts, ends)), owner
 
 
+def one_word_per_row(wordpieces: tf.RaggedTensor) -> tf.RaggedTensor:
+    """[batch, (tokens)] -> [batch, (1), (tokens)]: the [batch, (words), (wordpieces)] form every
+    TF-Hub preprocessor's `bert_pack_inputs` accepts."""
+    return tf.RaggedTensor.from_row_lengths(wordpieces, tf.ones_like(wordpieces.row_lengths()))
+
+
+def pack_wordpieces(
+    preprocessor: Any, wordpieces: tf.RaggedTensor, seq_length: int
+) -> dict[str, tf.Tensor]:
+    """Encoder inputs for already tokenized texts ([batch, (tokens)], see `text_wordpieces`),
+    padded only to the batch's longest row (at most `seq_length`)."""
+    # The maximum with 2 ([CLS] and [SEP]) gives an empty batch a valid length too.
+    longest = tf.maximum(tf.cast(tf.reduce_max(wordpieces.row_lengths()), tf.int32) + 2, 2)
+    return preprocessor.bert_pack_inputs(
+        [one_word_per_row(wordpieces)], seq_length=tf.minimum(longest, seq_length)
+    )
+
+
 def pack_windows(
-    preprocessor: Any, texts: tf.Tensor, seq_length: int, stride: int
+    preprocessor: Any, wordpieces: tf.RaggedTensor, seq_length: int, stride: int
 ) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
-    """Encoder inputs for every window of [batch] strings (see `token_windows`), padded to the
-    longest window, and the text each window came from (int64 [windows])."""
-    tokens = preprocessor.tokenize(texts)
-    flat = tokens.merge_dims(1, -1) if tokens.ragged_rank > 1 else tokens
-    windows, owner = token_windows(flat, seq_length - 2, stride)
-    # One "word" per window: the [batch, (words), (wordpieces)] form every TF-Hub
-    # preprocessor's bert_pack_inputs accepts.
-    as_words = tf.RaggedTensor.from_row_lengths(windows, tf.ones_like(owner))
+    """Encoder inputs for every window of already tokenized texts ([batch, (tokens)], see
+    `token_windows`), padded to the longest window, and the text each window came from (int64
+    [windows])."""
+    windows, owner = token_windows(wordpieces, seq_length - 2, stride)
     longest = tf.cast(tf.reduce_max(windows.row_lengths()), tf.int32) + 2
-    return preprocessor.bert_pack_inputs([as_words], seq_length=longest), owner
+    return preprocessor.bert_pack_inputs([one_word_per_row(windows)], seq_length=longest), owner
 
 
 def token_weighted_mean(
@@ -144,15 +156,28 @@ def token_weighted_mean(
     return weighted / tf.math.unsorted_segment_sum(weights, owner, rows)[:, None]
 
 
+def text_wordpieces(
+    preprocessor: Any, texts: Sequence[str], batch_size: int = 1024
+) -> tf.RaggedTensor:
+    """Every text's wordpieces, untruncated, as [n, (tokens)]: one tokenizer pass whose result
+    both sorts the batches (see `count_tokens`) and feeds them (see `pack_wordpieces`)."""
+    parts = []
+    for start in range(0, max(len(texts), 1), batch_size):
+        batch = tf.constant(list(texts[start : start + batch_size]), tf.string)
+        parts.append(merged_wordpieces(preprocessor.tokenize(batch)))
+    return tf.concat(parts, axis=0) if len(parts) > 1 else parts[0]
+
+
 def count_tokens(preprocessor: Any, texts: Sequence[str], batch_size: int = 1024) -> np.ndarray:
     """Each text's tokens with [CLS] and [SEP], before truncation (int32 [n]). One tokenizer pass
     costs about 1% of an encoder pass, and sorting batches by these counts instead of characters
     is what keeps padding low (3x the throughput on short texts)."""
-    counts = [
-        token_counts(preprocessor.tokenize(tf.constant(list(texts[i : i + batch_size])))).numpy()
-        for i in range(0, len(texts), batch_size)
-    ]
-    return (np.concatenate(counts) + 2).astype(np.int32) if counts else np.zeros(0, np.int32)
+    return wordpiece_counts(text_wordpieces(preprocessor, texts, batch_size))
+
+
+def wordpiece_counts(wordpieces: tf.RaggedTensor) -> np.ndarray:
+    """Tokens per row of [n, (tokens)] wordpieces with [CLS] and [SEP] (int32 [n])."""
+    return (wordpieces.row_lengths().numpy() + 2).astype(np.int32)
 
 
 @dataclass
@@ -225,24 +250,24 @@ def length_sorted_batches(
 
 def batched_inference(
     texts: Sequence[str],
-    run_batch: Callable[[list[str]], Mapping[str, Any]],
+    run_batch: Callable[[np.ndarray], Mapping[str, Any]],
     batch_size: int,
     desc: str = "encoding",
     lengths: Sequence[int] | None = None,
     rows: Sequence[int] | None = None,
 ) -> dict[str, np.ndarray]:
-    """`run_batch` (a batch of texts -> named arrays [batch, ...]) over length-sorted batches of
-    `texts`, every output put back in input order as [len(texts), ...]; the one inference loop of
-    encoders, exported models and classifiers. `lengths` orders the batches (token counts, see
-    `count_tokens`; characters when None), `rows` sizes them (see `length_sorted_batches`). A
-    terminal shows its progress as `desc`."""
+    """`run_batch` (a batch's indices into `texts` -> named arrays [batch, ...]) over
+    length-sorted batches of `texts`, every output put back in input order as [len(texts), ...];
+    the one inference loop of encoders, exported models and classifiers. `lengths` orders the
+    batches (token counts, see `count_tokens`; characters when None), `rows` sizes them (see
+    `length_sorted_batches`). A terminal shows its progress as `desc`."""
     if not texts:
         raise ValueError("no texts to run")
     order_by = [len(t) for t in texts] if lengths is None else lengths
     results: dict[str, np.ndarray] = {}
     with progress_bar(len(texts), desc, "text") as bar:
         for index in length_sorted_batches(order_by, batch_size, rows):
-            for name, value in run_batch([texts[i] for i in index]).items():
+            for name, value in run_batch(index).items():
                 array = np.asarray(value)
                 if name not in results:
                     results[name] = np.empty((len(texts), *array.shape[1:]), array.dtype)
@@ -274,11 +299,11 @@ class ChoiceEncoder:
         seq_length = loaded.info.seq_length
         self.stride = encoder_pass.stride(seq_length)
 
-        def pack(texts: tf.Tensor) -> tuple[dict[str, tf.Tensor], tf.Tensor | None]:
+        def pack(wordpieces: tf.RaggedTensor) -> tuple[dict[str, tf.Tensor], tf.Tensor | None]:
             """Encoder inputs, and with chunking the text each window came from."""
             if encoder_pass.chunks:
-                return pack_windows(loaded.preprocessor, texts, seq_length, self.stride)
-            return pack_to_longest(loaded.preprocessor, texts, seq_length), None
+                return pack_windows(loaded.preprocessor, wordpieces, seq_length, self.stride)
+            return pack_wordpieces(loaded.preprocessor, wordpieces, seq_length), None
 
         def pool(
             outputs: Mapping[str, Any], mask: tf.Tensor, owner: tf.Tensor | None, rows: tf.Tensor
@@ -290,27 +315,30 @@ class ChoiceEncoder:
             weights = tf.cast(tf.reduce_sum(mask, axis=1), tf.float32)
             return {n: token_weighted_mean(v, weights, owner, rows) for n, v in chosen.items()}
 
-        texts_spec = [tf.TensorSpec([None], tf.string)]
+        # The graphs take wordpieces, not strings: `encode` tokenizes every text once, to sort
+        # the batches by length and to feed them (a second pass cost 2-7% of a bfloat16 run).
+        probe = merged_wordpieces(loaded.preprocessor.tokenize(tf.constant([""])))
+        wordpieces_spec = [
+            tf.RaggedTensorSpec([None, None], probe.dtype, 1, probe.row_splits.dtype)
+        ]
         if encoder_pass.runtime == Runtime.openvino:
             encoder = openvino_encoder(loaded, self.names, encoder_pass.precision)
-            traced_pack = tf.function(pack, input_signature=texts_spec)
+            traced_pack = tf.function(pack, input_signature=wordpieces_spec)
 
-            def run(texts: tf.Tensor) -> dict[str, tf.Tensor]:
+            def run(wordpieces: tf.RaggedTensor) -> dict[str, tf.Tensor]:
                 # Three steps, not one graph: OpenVINO runs the encoder between TensorFlow's
-                # tokenisation and pooling.
-                inputs, owner = traced_pack(texts)
-                rows = tf.shape(texts, out_type=tf.int64)[0]
-                return pool(encoder(inputs), inputs["input_mask"], owner, rows)
+                # packing and pooling.
+                inputs, owner = traced_pack(wordpieces)
+                return pool(encoder(inputs), inputs["input_mask"], owner, wordpieces.nrows())
 
-            self.run: Callable[[tf.Tensor], dict[str, tf.Tensor]] = run
+            self.run: Callable[[tf.RaggedTensor], dict[str, tf.Tensor]] = run
         else:
             tf_encoder = loaded.inference(encoder_pass.precision)
 
-            @tf.function(input_signature=texts_spec)
-            def run_graph(texts: tf.Tensor) -> dict[str, tf.Tensor]:
-                inputs, owner = pack(texts)
-                rows = tf.shape(texts, out_type=tf.int64)[0]
-                return pool(tf_encoder(inputs), inputs["input_mask"], owner, rows)
+            @tf.function(input_signature=wordpieces_spec)
+            def run_graph(wordpieces: tf.RaggedTensor) -> dict[str, tf.Tensor]:
+                inputs, owner = pack(wordpieces)
+                return pool(tf_encoder(inputs), inputs["input_mask"], owner, wordpieces.nrows())
 
             self.run = run_graph
 
@@ -319,14 +347,21 @@ class ChoiceEncoder:
     ) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """The named vectors (float32 [n, dim] each) and token counts (int32 [n]) of `texts`;
         with chunking, a batch holds at most `batch_size` windows."""
-        tokens = count_tokens(self.loaded.preprocessor, texts)
+        wordpieces = text_wordpieces(self.loaded.preprocessor, texts)
+        tokens = wordpiece_counts(wordpieces)
         if not texts:
-            return {k: v.numpy()[:0] for k, v in self.run(tf.constant([""])).items()}, tokens
+            empty = text_wordpieces(self.loaded.preprocessor, [""])
+            return {k: v.numpy()[:0] for k, v in self.run(empty).items()}, tokens
         rows = None
         if self.encoder_pass.chunks:
             rows = window_counts(tokens, self.loaded.info.seq_length, self.stride)
         vectors = batched_inference(
-            texts, lambda batch: self.run(tf.constant(batch)), batch_size, desc, tokens, rows
+            texts,
+            lambda index: self.run(tf.gather(wordpieces, index)),
+            batch_size,
+            desc,
+            tokens,
+            rows,
         )
         return vectors, tokens
 

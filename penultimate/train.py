@@ -423,8 +423,8 @@ def text_predictions(
     `predict_mc` serves them; the seconds count the draws only."""
     seconds = dict.fromkeys(samples, 0.0)
 
-    def run_batch(batch: list[str]) -> dict[str, tf.Tensor]:
-        inputs = loaded.tokenize(batch)
+    def run_batch(index: np.ndarray) -> dict[str, tf.Tensor]:
+        inputs = loaded.tokenize([texts[i] for i in index])
         outputs = model.encoder(inputs, training=False)
         mask = inputs["input_mask"]
         named = {"logits": model.logits_from_encoder_outputs(outputs, mask, False)}
