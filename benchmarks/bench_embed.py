@@ -733,8 +733,9 @@ def benchmark(args: argparse.Namespace, work: Path) -> list[str]:
         "",
         f"Where the time goes: the encoder's matmuls. The float32 encoder runs at "
         f"{flops_f32:.0f} GFLOP/s on {THREADS} cores (bfloat16: "
-        f"{steps['GFLOP/s bfloat16']:.0f}); tokenising twice (once to embed, once to count "
-        "truncated texts) and Parquet I/O are a few percent. On the Intel Xeon (AMX) VM of an "
+        f"{steps['GFLOP/s bfloat16']:.0f}); tokenising (once per text: the wordpieces that "
+        "sort the batches also feed them) and Parquet I/O are a few percent. On the Intel Xeon "
+        "(AMX) VM of an "
         "earlier run, oneDNN timed the float32 8192x384x1536 product at about 215 GFLOP/s per "
         "core, close to the AVX-512 peak; softmax over 12 x 128 x 128 attention scores per "
         "text, layer norms and transposes take most of the rest. What moved it (development "
@@ -750,8 +751,9 @@ def benchmark(args: argparse.Namespace, work: Path) -> list[str]:
         "texts, small on mail). Tried and dropped: XLA `jit_compile` (no gain on that CPU, and "
         "a compile per shape); grappler's automatic bfloat16 rewrite (same speed, lower "
         "cosine). What would move it further: a fused attention kernel (scores, mask, softmax "
-        "and context in one pass), int8 dynamic quantisation of the matmuls, and skipping the "
-        "second tokenisation by returning the untruncated length from the first. End to end, "
+        "and context in one pass) and int8 quantisation of the matmuls; `embedding.runtime: "
+        "openvino` runs the same SavedModel with OpenVINO's fused layer norms and FC + GELU "
+        "(its rows in the tables). End to end, "
         "the flow's fixed cost is its start: each worker process imports TensorFlow and Prefect "
         "(~6-7 s), loads the model and traces its graph (~2 s) before the first shard; a job "
         "long enough to matter spreads it thin (see the scaling table).",

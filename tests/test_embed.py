@@ -14,10 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import FIXTURES
-from penultimate.config import EmbedConfig, EmbeddingChoice, Runtime
+from penultimate.config import EmbedConfig, EmbeddingChoice, Precision, Runtime
 from penultimate.embed import EncoderEmbedder, ShardError, extract_shard_embeddings
 from penultimate.embeddings import read_embeddings
-from penultimate.encoders.openvino_runtime import import_openvino
+from penultimate.encoders.openvino_runtime import OpenVinoEncoder, import_openvino
 from penultimate.encoders.pair import EncoderPair
 from penultimate.errors import InputError
 from penultimate.features import LoadedEncoder, encoder_choice_names, load_encoder
@@ -111,6 +111,15 @@ def test_openvino_runtime_runs_the_same_encoder(loaded: LoadedEncoder) -> None:
         "runtime": "openvino",
     }
     assert EncoderPass().key() == {"precision": "float32"}
+
+
+def test_openvino_keeps_to_its_threads_and_leaves_cores_unpinned(loaded: LoadedEncoder) -> None:
+    # Dask workers share the machine: a pinned worker of one thread took the same core as its
+    # neighbour (half the throughput each).
+    serving = loaded.encoder.signatures["serving_default"]
+    compiled = OpenVinoEncoder(serving, ["encoder_outputs_0"], Precision.float32, 1).compiled
+    assert compiled.get_property("INFERENCE_NUM_THREADS") == 1
+    assert compiled.get_property("ENABLE_CPU_PINNING") is False
 
 
 def test_openvino_runtime_not_installed_is_an_input_error(monkeypatch: pytest.MonkeyPatch) -> None:
