@@ -15,7 +15,9 @@ DATASET_STAGE = Stage("dataset", "2")
 # 3: 2-D token matrix, fused QKV, MatMul + BiasAdd (+ GELU) that oneDNN fuses.
 # 4: `encoder.json`; TF-Hub pairs imported too; the built-in preprocessor has the whole standard
 #    interface (`tokenize.get_special_tokens_dict`, `bert_pack_inputs` for ragged rank 1 and 2).
-ENCODER_STAGE = Stage("encoder", "4")
+# 5: layer norm in PyTorch's form, the erf GELU, unstacked Q/K/V, float32 QKV bias fused: forms
+#    OpenVINO (`runtime: openvino`) and grappler fuse.
+ENCODER_STAGE = Stage("encoder", "5")
 # 2: one artifact per dataset shard and encoder, named vectors as Parquet columns plus token counts.
 FEATURES_STAGE = Stage("features", "2")
 # 2: classifier.json names its encoder artifact by key.
