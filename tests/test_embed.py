@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -113,13 +114,20 @@ def test_openvino_runtime_runs_the_same_encoder(loaded: LoadedEncoder) -> None:
     assert EncoderPass().key() == {"precision": "float32"}
 
 
-def test_openvino_keeps_to_its_threads_and_leaves_cores_unpinned(loaded: LoadedEncoder) -> None:
+def test_openvino_keeps_to_its_threads_and_serves_threads_at_once(loaded: LoadedEncoder) -> None:
+    serving = loaded.encoder.signatures["serving_default"]
+    encoder = OpenVinoEncoder(serving, ["encoder_outputs_0"], Precision.float32, 1)
+    assert encoder.compiled.get_property("INFERENCE_NUM_THREADS") == 1
     # Dask workers share the machine: a pinned worker of one thread took the same core as its
     # neighbour (half the throughput each).
-    serving = loaded.encoder.signatures["serving_default"]
-    compiled = OpenVinoEncoder(serving, ["encoder_outputs_0"], Precision.float32, 1).compiled
-    assert compiled.get_property("INFERENCE_NUM_THREADS") == 1
-    assert compiled.get_property("ENABLE_CPU_PINNING") is False
+    assert encoder.compiled.get_property("ENABLE_CPU_PINNING") is False
+    # A Dask worker may run two shards in threads at once.
+    batches = [loaded.tokenize(["a short text"]), loaded.tokenize(REFERENCE["sentences"])]
+    expected = [encoder(batch)["encoder_outputs_0"] for batch in batches]
+    with ThreadPoolExecutor(4) as pool:
+        outputs = list(pool.map(lambda i: encoder(batches[i % 2])["encoder_outputs_0"], range(32)))
+    for i, output in enumerate(outputs):
+        np.testing.assert_array_equal(output, expected[i % 2])
 
 
 def test_openvino_runtime_not_installed_is_an_input_error(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,6 +6,7 @@ An optional extra (`pip install 'penultimate[openvino]'`); TensorFlow still toke
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -77,12 +78,16 @@ class OpenVinoEncoder:
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         self.compiled = ov.Core().compile_model(kept, "CPU", config)
-        self._request = self.compiled.create_infer_request()
+        # An infer request serves one call at a time; a Dask worker may run shards in threads.
+        self._requests = threading.local()
         self._inputs = {name: port for port in self.compiled.inputs for name in port.get_names()}
 
     def __call__(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
         feed = {self._inputs[name]: np.asarray(inputs[name], np.int32) for name in ENCODER_INPUTS}
-        result = self._request.infer(feed)
+        request = getattr(self._requests, "request", None)
+        if request is None:
+            request = self._requests.request = self.compiled.create_infer_request()
+        result = request.infer(feed)
         # The request reuses its output buffers on the next call: copy them out.
         return {
             name: np.array(result[self.compiled.outputs[i]]) for i, name in enumerate(self.outputs)
