@@ -277,15 +277,16 @@ def batched_inference(
 
 
 class ChoiceEncoder:
-    """Texts -> named (layer, pooling) vectors and token counts, one traced graph for every batch
-    shape (a trace costs about a second: build one per process and reuse it, see
-    `choice_encoder`).
+    """Texts -> named (layer, pooling) vectors and token counts. Every text is tokenized once;
+    the batches are packed, encoded and pooled by one traced graph for every batch shape (with
+    `runtime: openvino`, OpenVINO encodes between TensorFlow's traced packing and pooling). A
+    trace costs about a second: build one per process and reuse it, see `choice_encoder`.
 
     Args:
         loaded: the preprocessor and encoder.
         names: the vectors to compute (see `encoder_choice_names`).
-        encoder_pass: the matmul precision, and whether long texts are cut or chunked; a chunked
-            text's vector is the token-weighted mean of its windows' vectors.
+        encoder_pass: the matmul precision, the runtime, and whether long texts are cut or
+            chunked; a chunked text's vector is the token-weighted mean of its windows' vectors.
 
     Example:
         >>> vectors, tokens = choice_encoder(pair, ("layer_5_mean",)).encode(["a text", "more"])
@@ -298,6 +299,12 @@ class ChoiceEncoder:
         self.loaded, self.names, self.encoder_pass = loaded, list(names), encoder_pass
         seq_length = loaded.info.seq_length
         self.stride = encoder_pass.stride(seq_length)
+        # The graphs take wordpieces, not strings: `encode` tokenizes every text once, to sort
+        # the batches by length and to feed them (a second pass cost 2-7% of a bfloat16 run).
+        self._empty = text_wordpieces(loaded.preprocessor, [""])
+        wordpieces_spec = [
+            tf.RaggedTensorSpec([None, None], self._empty.dtype, 1, self._empty.row_splits.dtype)
+        ]
 
         def pack(wordpieces: tf.RaggedTensor) -> tuple[dict[str, tf.Tensor], tf.Tensor | None]:
             """Encoder inputs, and with chunking the text each window came from."""
@@ -305,53 +312,40 @@ class ChoiceEncoder:
                 return pack_windows(loaded.preprocessor, wordpieces, seq_length, self.stride)
             return pack_wordpieces(loaded.preprocessor, wordpieces, seq_length), None
 
-        def pool(
-            outputs: Mapping[str, Any], mask: tf.Tensor, owner: tf.Tensor | None, rows: tf.Tensor
-        ) -> dict[str, tf.Tensor]:
-            """The named vectors; a chunked text's is its windows' token-weighted mean."""
-            chosen = selected_choices(outputs, mask, self.names)
+        openvino = encoder_pass.runtime == Runtime.openvino
+        if openvino:
+            encoder = openvino_inference(loaded, self.names, encoder_pass.precision)
+            # OpenVINO runs outside TensorFlow's graph: packing is traced on its own.
+            pack = tf.function(pack, input_signature=wordpieces_spec)
+        else:
+            encoder = loaded.inference(encoder_pass.precision)
+
+        def run(wordpieces: tf.RaggedTensor) -> dict[str, tf.Tensor]:
+            """The named vectors of a batch; a chunked text's is its windows' token-weighted
+            mean."""
+            inputs, owner = pack(wordpieces)
+            mask = inputs["input_mask"]
+            chosen = selected_choices(encoder(inputs), mask, self.names)
             if owner is None:
                 return chosen
             weights = tf.cast(tf.reduce_sum(mask, axis=1), tf.float32)
+            rows = wordpieces.nrows()
             return {n: token_weighted_mean(v, weights, owner, rows) for n, v in chosen.items()}
 
-        # The graphs take wordpieces, not strings: `encode` tokenizes every text once, to sort
-        # the batches by length and to feed them (a second pass cost 2-7% of a bfloat16 run).
-        probe = merged_wordpieces(loaded.preprocessor.tokenize(tf.constant([""])))
-        wordpieces_spec = [
-            tf.RaggedTensorSpec([None, None], probe.dtype, 1, probe.row_splits.dtype)
-        ]
-        if encoder_pass.runtime == Runtime.openvino:
-            encoder = openvino_encoder(loaded, self.names, encoder_pass.precision)
-            traced_pack = tf.function(pack, input_signature=wordpieces_spec)
-
-            def run(wordpieces: tf.RaggedTensor) -> dict[str, tf.Tensor]:
-                # Three steps, not one graph: OpenVINO runs the encoder between TensorFlow's
-                # packing and pooling.
-                inputs, owner = traced_pack(wordpieces)
-                return pool(encoder(inputs), inputs["input_mask"], owner, wordpieces.nrows())
-
-            self.run: Callable[[tf.RaggedTensor], dict[str, tf.Tensor]] = run
-        else:
-            tf_encoder = loaded.inference(encoder_pass.precision)
-
-            @tf.function(input_signature=wordpieces_spec)
-            def run_graph(wordpieces: tf.RaggedTensor) -> dict[str, tf.Tensor]:
-                inputs, owner = pack(wordpieces)
-                return pool(tf_encoder(inputs), inputs["input_mask"], owner, wordpieces.nrows())
-
-            self.run = run_graph
+        self.run: Callable[[tf.RaggedTensor], dict[str, tf.Tensor]] = (
+            run if openvino else tf.function(run, input_signature=wordpieces_spec)
+        )
 
     def encode(
         self, texts: Sequence[str], batch_size: int = 64, desc: str = "encoding"
     ) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """The named vectors (float32 [n, dim] each) and token counts (int32 [n]) of `texts`;
         with chunking, a batch holds at most `batch_size` windows."""
+        if not texts:
+            empty = {k: v.numpy()[:0] for k, v in self.run(self._empty).items()}
+            return empty, np.zeros(0, np.int32)
         wordpieces = text_wordpieces(self.loaded.preprocessor, texts)
         tokens = wordpiece_counts(wordpieces)
-        if not texts:
-            empty = text_wordpieces(self.loaded.preprocessor, [""])
-            return {k: v.numpy()[:0] for k, v in self.run(empty).items()}, tokens
         rows = None
         if self.encoder_pass.chunks:
             rows = window_counts(tokens, self.loaded.info.seq_length, self.stride)
@@ -366,7 +360,7 @@ class ChoiceEncoder:
         return vectors, tokens
 
 
-def openvino_encoder(
+def openvino_inference(
     loaded: LoadedEncoder, names: Sequence[str], precision: Precision
 ) -> Callable[[Mapping[str, tf.Tensor]], dict[str, Any]]:
     """The encoder of `loaded` run by OpenVINO (`runtime: openvino`), computing only the outputs
