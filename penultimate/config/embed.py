@@ -49,7 +49,7 @@ class Precision(StrEnum):
 
 class Runtime(StrEnum):
     """What executes the encoder: TensorFlow, or OpenVINO on the same SavedModel (an optional
-    extra, `pip install 'penultimate[openvino]'`; faster on CPUs, see benchmarks/RESULTS.md)."""
+    extra, `pip install 'penultimate[openvino]'`; faster in bfloat16, see benchmarks/RESULTS.md)."""
 
     tensorflow = "tensorflow"
     openvino = "openvino"
@@ -92,7 +92,7 @@ class EmbeddingChoice(_Config):
     runtime: Runtime = Field(
         Runtime.tensorflow,
         description="What executes the encoder: tensorflow, or openvino (the same SavedModel, "
-        "faster on CPUs; pip install 'penultimate[openvino]'); openvino needs a bare encoder.",
+        "faster in bfloat16; pip install 'penultimate[openvino]'); openvino needs a bare encoder.",
     )
     long_text: LongText = Field(
         LongText.truncate,
