@@ -12,7 +12,7 @@ from penultimate.artifacts import STORE_FULL_OR_LOCKED, ArtifactRef, ArtifactSto
 from penultimate.config import EmbedConfig
 from penultimate.console import progress_bar
 from penultimate.ingest import check_splits, dataset_shard_entries
-from penultimate.shard_features import check_choice_for_model
+from penultimate.shard_features import check_choice_for_model, check_runtime_installed
 from penultimate.stages import DATASET_STAGE
 from tasks.embed import collect_embeddings, embed_shard
 from tasks.encoder import build_encoder
@@ -92,6 +92,7 @@ def embed(
         else build_encoder(config=config.encoder, store_root=str(store.root))
     )
     check_choice_for_model(store, model, config.embedding)
+    check_runtime_installed(config.embedding, local_workers=not config.runner.dask_address)
     done = [
         embed_shard.complete_artifact(
             config=config, model=model, shard=shard, shard_sha256=sha, store_root=str(store.root)

@@ -302,6 +302,15 @@ def check_choice_for_model(
         raise chunking_through_export(model.uri)
 
 
+def check_runtime_installed(choice: EmbeddingChoice, local_workers: bool) -> None:
+    """Fail before a local cluster starts when `runtime: openvino` is not installed. Workers of an
+    existing cluster may have packages this process lacks: they report a missing one themselves."""
+    if local_workers and choice.runtime == Runtime.openvino:
+        from penultimate.encoders.openvino_runtime import import_openvino
+
+        import_openvino()
+
+
 def frozen_classifier_parts(
     store: ArtifactStore, export: ArtifactRef
 ) -> tuple[ArtifactRef, ArtifactRef, list[str]] | None:

@@ -22,7 +22,7 @@ from penultimate.encoders.openvino_runtime import OpenVinoEncoder, import_openvi
 from penultimate.encoders.pair import EncoderPair
 from penultimate.errors import InputError
 from penultimate.features import LoadedEncoder, encoder_choice_names, load_encoder
-from penultimate.shard_features import EncoderPass
+from penultimate.shard_features import EncoderPass, check_runtime_installed
 
 REFERENCE = json.loads((FIXTURES / "minilm_reference.json").read_text())
 ARRAYS = np.load(FIXTURES / "minilm_reference.npz")
@@ -134,6 +134,13 @@ def test_openvino_runtime_not_installed_is_an_input_error(monkeypatch: pytest.Mo
     monkeypatch.setitem(sys.modules, "openvino", None)  # what `import openvino` meets without it
     with pytest.raises(InputError, match=r"pip install 'penultimate\[openvino\]'"):
         import_openvino()
+    # The embed flow checks before it starts a local cluster; an existing cluster's workers may
+    # have it where the client has not.
+    choice = EmbeddingChoice(runtime="openvino")
+    with pytest.raises(InputError, match=r"pip install 'penultimate\[openvino\]'"):
+        check_runtime_installed(choice, local_workers=True)
+    check_runtime_installed(choice, local_workers=False)
+    check_runtime_installed(EmbeddingChoice(), local_workers=True)
 
 
 def test_layers_combine_and_pool(loaded: LoadedEncoder) -> None:
