@@ -300,7 +300,7 @@ class ChoiceEncoder:
         seq_length = loaded.info.seq_length
         self.stride = encoder_pass.stride(seq_length)
         # The graphs take wordpieces, not strings: `encode` tokenizes every text once, to sort
-        # the batches by length and to feed them (a second pass cost 2-7% of a bfloat16 run).
+        # the batches by length and to feed them (a second pass was work for nothing).
         self._empty = text_wordpieces(loaded.preprocessor, [""])
         wordpieces_spec = [
             tf.RaggedTensorSpec([None, None], self._empty.dtype, 1, self._empty.row_splits.dtype)

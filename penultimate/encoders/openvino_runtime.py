@@ -71,8 +71,8 @@ class OpenVinoEncoder:
             "INFERENCE_PRECISION_HINT": _INFERENCE_PRECISION[precision],
             "PERFORMANCE_HINT": "LATENCY",
             # OpenVINO pins each process's threads to cores counted from the first, so two Dask
-            # workers of one thread shared one core (72 texts/s each, 143 unpinned); a single
-            # process runs as fast unpinned.
+            # workers of one thread shared one core (benchmarks/RESULTS.md, "Embedding" notes);
+            # a single process runs as fast unpinned.
             "ENABLE_CPU_PINNING": False,
         }
         if threads:
