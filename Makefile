@@ -103,7 +103,7 @@ bench-cluster: $(INSTALLED)
 bench-startup: $(INSTALLED)
 	$(PY) -m benchmarks.bench_startup $(ARGS)
 
-# The built-in encoder's texts/s in float32 and bfloat16 on mail, for A/B runs between commits.
+# The built-in encoder's texts/s per precision and runtime on mail and short texts, for A/B runs between commits.
 bench-bf16-rate: $(INSTALLED)
 	$(PY) -m benchmarks.bench_bf16_rate $(ARGS)
 
