@@ -124,12 +124,14 @@ bench-long-text: $(INSTALLED)
 	$(PY) -m benchmarks.bench_long_text $(ARGS)
 
 # Is MC dropout worth it? The demo classifier on spam/ham and on the 5-class group label: each
-# artifact's uncertainty and dropout reports side by side (trains in a temporary store).
+# artifact's uncertainty and dropout reports side by side, and against TF-IDF with and without the
+# lexical branch and beside the default config (trains in a temporary store).
 bench-uncertainty: $(INSTALLED)
 	$(PY) -m benchmarks.bench_uncertainty $(ARGS)
 
 # 43 classes on real text (State of the Union passages by president, npm once): the pipeline's
-# default classifier against TF-IDF and a linear probe; ARGS=--fine-tune adds freeze: none.
+# default classifier (3 seeds, and without its lexical branch) against TF-IDF and a linear probe;
+# ARGS=--fine-tune adds freeze: none.
 bench-many-classes: $(INSTALLED)
 	$(PY) -m benchmarks.bench_many_classes $(ARGS)
 

@@ -1,11 +1,13 @@
 """The text classifier: TF-Hub BERT encoder -> pooling -> hidden Dense layers -> Dense, with every
-dropout placed, shaped and limited as `TrainConfig.dropout` says, and encoder blocks frozen or not.
+dropout placed, shaped and limited as `TrainConfig.dropout` says, encoder blocks frozen or not, and
+the lexical branch's TF-IDF logits added.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from typing import Any
 
 import tensorflow as tf
@@ -14,17 +16,29 @@ import tf_keras
 
 from penultimate.config import Pooling, TrainConfig
 from penultimate.dropout import StructuredDropout
-from penultimate.features import pool_encoder_outputs
+from penultimate.features import LoadedEncoder, pool_encoder_outputs
+from penultimate.lexical import LexicalFeatures, LexicalVocabulary
 
 # Transformer blocks and the pooler as TF-Hub BERT encoders name their variables: `layer_<i>/...`
 # and `pooler/...` in the built-in encoder, `transformer/layer_<i>/...` and `pooler_transform/...`
 # in TensorFlow Model Garden exports (the TF-Hub / Kaggle BERT family).
 TRANSFORMER_BLOCK = re.compile(r"(?:^|/)layer_(\d+)/")
 POOLER = re.compile(r"(?:^|/)pooler(?:_transform)?/")
+# The classifier's inputs are the encoder's plus the raw text, for the lexical branch.
+ENCODER_INPUTS = ("input_word_ids", "input_mask", "input_type_ids")
+TEXT_INPUT = "text"
 
 
 # Named intermediate outputs collected during one eager forward pass (see `tapped_forward`).
 Taps = dict[str, tf.Tensor] | None
+
+
+def classifier_inputs(loaded: LoadedEncoder, texts: Sequence[str]) -> dict[str, tf.Tensor]:
+    """A `TextClassifier`'s inputs for `texts`: the encoder's, padded to the longest text, and
+    the text itself for the lexical branch."""
+    inputs = loaded.tokenize(texts)
+    inputs[TEXT_INPUT] = tf.constant(list(texts), tf.string)
+    return inputs
 
 
 class EncoderStructureError(ValueError):
@@ -93,19 +107,22 @@ def encoder_variables_to_train(
 
 
 class TextClassifier(tf_keras.Model):
-    """BERT-style classifier with configurable dropout, on encoder inputs (token ids).
+    """BERT-style classifier with configurable dropout and an optional lexical branch, on encoder
+    inputs (token ids) plus the raw `text` (see `classifier_inputs`).
 
     Args:
         encoder: handle or path of a TF-Hub BERT encoder taking
             `input_word_ids`/`input_mask`/`input_type_ids`.
-        config: the training config (pooling, layer, hidden layers, dropout, freeze).
+        config: the training config (pooling, layer, hidden layers, dropout, freeze, lexical).
         num_classes: 2 gives one sigmoid logit; more give one softmax logit per class.
         num_layers: encoder blocks, to resolve `freeze: top:N`.
+        lexical: the lexical branch's vocabulary; required when `config.lexical` is set.
 
     Example:
-        >>> model = TextClassifier("encoder/", TrainConfig(), num_classes=2, num_layers=6)
-        >>> logits = model(preprocessor(tf.constant(["hello"])))       # [1, 1]
-        >>> features = model.embed(preprocessor(tf.constant(["hello"])))  # before head dropout
+        >>> model = TextClassifier("encoder/", TrainConfig(), 2, 6, lexical=vocabulary)
+        >>> inputs = classifier_inputs(load_encoder(pair), ["hello"])
+        >>> logits = model(inputs)          # [1, 1]: deep logit + lexical logit
+        >>> features = model.embed(inputs)  # the penultimate layer, before head dropout
     """
 
     def __init__(
@@ -114,9 +131,12 @@ class TextClassifier(tf_keras.Model):
         config: TrainConfig,
         num_classes: int,
         num_layers: int,
+        lexical: LexicalVocabulary | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if (config.lexical is None) != (lexical is None):
+            raise ValueError("a lexical vocabulary is needed exactly when config.lexical is set")
         self.train_config = config
         self.num_classes = num_classes
         self.num_layers = num_layers
@@ -138,9 +158,17 @@ class TextClassifier(tf_keras.Model):
             tf_keras.layers.Dense(h.units, activation=str(h.activation), name=f"hidden_{i}")
             for i, h in enumerate(config.hidden)
         ]
-        self.output_layer = tf_keras.layers.Dense(
-            1 if num_classes == 2 else num_classes, name="logits"
-        )
+        outputs = 1 if num_classes == 2 else num_classes
+        self.output_layer = tf_keras.layers.Dense(outputs, name="logits")
+        self.lexical_vocabulary = lexical
+        self.lexical_features: LexicalFeatures | None = None
+        self.lexical_layer: tf_keras.layers.Dense | None = None
+        if lexical is not None:
+            self.lexical_features = LexicalFeatures(lexical.terms, lexical.idf, lexical.ngrams)
+            # No bias: the deep output layer has one.
+            self.lexical_layer = tf_keras.layers.Dense(
+                outputs, use_bias=False, name="lexical_logits"
+            )
         self.encoder_optimizer: tf_keras.optimizers.Optimizer | None = None
 
     def get_config(self) -> dict[str, Any]:
@@ -149,6 +177,7 @@ class TextClassifier(tf_keras.Model):
             "config": self.train_config.model_dump(mode="json"),
             "num_classes": self.num_classes,
             "num_layers": self.num_layers,
+            "lexical": None if self.lexical_vocabulary is None else asdict(self.lexical_vocabulary),
             "name": self.name,
         }
 
@@ -156,7 +185,19 @@ class TextClassifier(tf_keras.Model):
     def from_config(cls, config: dict[str, Any]) -> TextClassifier:
         options = dict(config)
         options["config"] = TrainConfig.model_validate(options["config"])
+        if options["lexical"] is not None:
+            options["lexical"] = LexicalVocabulary(**options["lexical"])
         return cls(**options)
+
+    def run_encoder(self, inputs: Mapping[str, tf.Tensor], training: bool) -> dict[str, Any]:
+        return self.encoder({key: inputs[key] for key in ENCODER_INPUTS}, training=training)
+
+    def lexical_logits(self, inputs: Mapping[str, tf.Tensor]) -> tf.Tensor | None:
+        """The lexical branch's term of the logits (deterministic: it has no dropout), or None
+        without a lexical branch."""
+        if self.lexical_features is None or self.lexical_layer is None:
+            return None
+        return self.lexical_layer(self.lexical_features(inputs[TEXT_INPUT]))
 
     def _drop(self, at: str, x: tf.Tensor, active: bool, taps: Taps = None) -> tf.Tensor:
         for layer in self.dropouts.get(at, []):
@@ -171,7 +212,7 @@ class TextClassifier(tf_keras.Model):
         self, inputs: Mapping[str, tf.Tensor], encoder_training: bool, dropout: bool
     ) -> tf.Tensor:
         """Pooled encoder output after any `sequence` dropout: [batch, encoder features]."""
-        outputs = self.encoder(dict(inputs), training=encoder_training)
+        outputs = self.run_encoder(inputs, encoder_training)
         return self.pool(outputs, inputs["input_mask"], dropout)
 
     def pool(
@@ -194,35 +235,56 @@ class TextClassifier(tf_keras.Model):
             x = self._drop(f"hidden:{index}", x, dropout, taps)
         return x
 
-    def head(self, penultimate: tf.Tensor, dropout: bool, taps: Taps = None) -> tf.Tensor:
-        return self.output_layer(self._drop("head", penultimate, dropout, taps))
+    def head(
+        self,
+        penultimate: tf.Tensor,
+        dropout: bool,
+        lexical: tf.Tensor | None,
+        taps: Taps = None,
+    ) -> tf.Tensor:
+        """Logits: the output layer on the (head-dropped) penultimate features, plus the lexical
+        branch's term when there is one (`lexical_logits`)."""
+        logits = self.output_layer(self._drop("head", penultimate, dropout, taps))
+        return logits if lexical is None else logits + lexical
 
     def tapped_forward(
         self, inputs: Mapping[str, tf.Tensor], training: bool
     ) -> dict[str, tf.Tensor]:
         """Every named intermediate output of one forward pass, in order: `encoder_block_<i>`
         token states, `pooled`, `hidden_<i>`, each dropout layer's input (`<name>:input`) and
-        output (`<name>`), `penultimate` (the served embedding's layer) and `logits`. With
-        `training=True` every dropout is on and a trainable encoder runs its own dropout too."""
+        output (`<name>`), `penultimate` (the served embedding's layer), `lexical_logits` (with a
+        lexical branch) and `logits`. With `training=True` every dropout is on and a trainable
+        encoder runs its own dropout too."""
         taps: dict[str, tf.Tensor] = {}
-        outputs = self.encoder(dict(inputs), training=training)
+        outputs = self.run_encoder(inputs, training)
         for index, states in enumerate(outputs["encoder_outputs"]):
             taps[f"encoder_block_{index}"] = states
         taps["pooled"] = self.pool(outputs, inputs["input_mask"], training, taps)
         taps["penultimate"] = self.penultimate(taps["pooled"], training, taps)
-        taps["logits"] = self.head(taps["penultimate"], training, taps)
+        lexical = self.lexical_logits(inputs)
+        if lexical is not None:
+            taps["lexical_logits"] = lexical
+        taps["logits"] = self.head(taps["penultimate"], training, lexical, taps)
         return taps
 
     def logits_from_encoder_outputs(
-        self, outputs: Mapping[str, Any], mask: tf.Tensor, dropout: bool
+        self,
+        outputs: Mapping[str, Any],
+        mask: tf.Tensor,
+        dropout: bool,
+        lexical: tf.Tensor | None,
     ) -> tf.Tensor:
-        """Everything after the encoder; MC-dropout reuses one encoder pass for many samples."""
-        return self.head(self.penultimate(self.pool(outputs, mask, dropout), dropout), dropout)
+        """Everything after the encoder; MC-dropout reuses one encoder pass (and one lexical
+        term) for many samples."""
+        penultimate = self.penultimate(self.pool(outputs, mask, dropout), dropout)
+        return self.head(penultimate, dropout, lexical)
 
     def call(self, inputs: Mapping[str, tf.Tensor], training: bool | None = None) -> tf.Tensor:
         active = bool(training)
-        outputs = self.encoder(dict(inputs), training=active)
-        return self.logits_from_encoder_outputs(outputs, inputs["input_mask"], active)
+        outputs = self.run_encoder(inputs, active)
+        return self.logits_from_encoder_outputs(
+            outputs, inputs["input_mask"], active, self.lexical_logits(inputs)
+        )
 
     def embed(self, inputs: Mapping[str, tf.Tensor]) -> tf.Tensor:
         """Penultimate features, deterministic: encoder and every dropout in inference mode."""
@@ -268,7 +330,9 @@ class TextClassifier(tf_keras.Model):
 
 
 class HeadModel(tf_keras.Model):
-    """The classifier's layers after the encoder, trained on cached pooled encoder features.
+    """The classifier's layers after the encoder, trained on cached pooled encoder features:
+    inputs `{"features": [batch, F] float32, "text": [batch] string}` (the text feeds the
+    lexical branch).
 
     It shares its layers (and so its weights) with `classifier`.
     """
@@ -277,6 +341,7 @@ class HeadModel(tf_keras.Model):
         super().__init__(**kwargs)
         self.classifier = classifier
 
-    def call(self, features: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+    def call(self, inputs: Mapping[str, tf.Tensor], training: bool | None = None) -> tf.Tensor:
         active = bool(training)
-        return self.classifier.head(self.classifier.penultimate(features, active), active)
+        penultimate = self.classifier.penultimate(inputs["features"], active)
+        return self.classifier.head(penultimate, active, self.classifier.lexical_logits(inputs))

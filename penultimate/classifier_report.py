@@ -68,6 +68,8 @@ def classifier_report_markdown(
     lines.append(f"- epochs run: {metrics['epochs_run']}, test rows: {test['rows']}")
     if metrics.get("still_improving"):
         lines.append(f"- **warning:** {metrics['still_improving']}")
+    if metrics.get("lexical_terms"):
+        lines.append(f"- lexical branch: {metrics['lexical_terms']:,} terms (`lexical.json`)")
     if metrics.get("tensorboard_run"):
         lines.append(
             f"- TensorBoard run `{metrics['tensorboard_run']}`: "

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from penultimate.artifacts import ArtifactRef
-from penultimate.classifier import POOLER, TRANSFORMER_BLOCK, TextClassifier
+from penultimate.classifier import POOLER, TRANSFORMER_BLOCK, TextClassifier, classifier_inputs
 from penultimate.dropout import StructuredDropout
 
 # Texts in the batch the report is computed on: enough mask units for a tight binomial bound on
@@ -234,7 +234,7 @@ def explain_dropout(
     (`output_changes`), `weights` (`weight_effects`) and `embeddings` (`embedding_effects`).
 
     Example:
-        >>> report = explain_dropout(model, loaded.tokenize(texts[:16]), y[:16], compile_fn)
+        >>> report = explain_dropout(model, classifier_inputs(loaded, texts[:16]), y[:16], fn)
         >>> report["masks"][0]["observed_drop_fraction"], report["masks"][0]["shared_along"]
         (0.2986, ['tokens'])
     """
@@ -282,7 +282,7 @@ def explain_classifier_artifact(
     rows = read_dataset(dataset, "train").head(REPORT_BATCH)
     report = explain_dropout(
         trained.model,
-        trained.loaded.tokenize(rows["text"].to_list()),
+        classifier_inputs(trained.loaded, rows["text"].to_list()),
         trained.labels.encode(rows["label"]),
         lambda model: compile_end_to_end(model, None),
     )

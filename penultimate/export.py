@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from penultimate.classifier import TEXT_INPUT, classifier_inputs
 from penultimate.console import progress_bar
 from penultimate.export_check import STEPS as CHECK_STEPS
 from penultimate.features import encoder_choices, pack_to_longest
@@ -46,7 +47,9 @@ class ClassifierServing(tf.Module):
         self._packed_length = trained.loaded.info.seq_length
 
     def _inputs(self, text: tf.Tensor) -> dict[str, tf.Tensor]:
-        return pack_to_longest(self.preprocessor, text, self._packed_length)
+        inputs = pack_to_longest(self.preprocessor, text, self._packed_length)
+        inputs[TEXT_INPUT] = text
+        return inputs
 
     def _probabilities(self, logits: tf.Tensor) -> tf.Tensor:
         if self.binary:
@@ -66,7 +69,7 @@ class ClassifierServing(tf.Module):
     @tf.function(input_signature=[_TEXT])
     def encode(self, text: tf.Tensor) -> dict[str, tf.Tensor]:
         inputs = self._inputs(text)
-        outputs = self.classifier.encoder(inputs, training=False)
+        outputs = self.classifier.run_encoder(inputs, False)
         choices = encoder_choices(outputs, inputs["input_mask"])
         pooled = self.classifier.pool(outputs, inputs["input_mask"], False)
         choices["penultimate"] = self.classifier.penultimate(pooled, False)
@@ -75,11 +78,15 @@ class ClassifierServing(tf.Module):
     @tf.function(input_signature=[_TEXT, tf.TensorSpec([], tf.int32, name="samples")])
     def predict_mc(self, text: tf.Tensor, samples: tf.Tensor) -> dict[str, tf.Tensor]:
         inputs = self._inputs(text)
-        # One deterministic encoder pass; the classifier's own dropout is sampled `samples` times.
-        outputs = self.classifier.encoder(inputs, training=False)
+        # One deterministic encoder pass and lexical term; the classifier's own dropout is
+        # sampled `samples` times.
+        outputs = self.classifier.run_encoder(inputs, False)
+        lexical = self.classifier.lexical_logits(inputs)
         draws = tf.map_fn(
             lambda _: self._probabilities(
-                self.classifier.logits_from_encoder_outputs(outputs, inputs["input_mask"], True)
+                self.classifier.logits_from_encoder_outputs(
+                    outputs, inputs["input_mask"], True, lexical
+                )
             ),
             tf.range(samples),
             fn_output_signature=tf.float32,
@@ -124,7 +131,7 @@ def write_export(trained: TrainedClassifier, out: Path, probe_texts: list[str]) 
 
 def expected_outputs(trained: TrainedClassifier, texts: list[str]) -> dict[str, np.ndarray]:
     """What the Keras model itself says for `texts` (one batch), for comparison after reload."""
-    inputs = trained.loaded.tokenize(texts)
+    inputs = classifier_inputs(trained.loaded, texts)
     logits = trained.model(inputs, training=False).numpy()
     return {
         "probabilities": logits_to_probabilities(logits).astype(np.float32),

@@ -28,7 +28,8 @@ FEATURES_STAGE = Stage("features", "2")
 # 5: class_weights auto = capped inverse square-root frequency; metrics per class, macro and
 #    weighted F1 over every label; a warning when training stopped still improving.
 # 6: a dropout report (dropout_report/) and an uncertainty report (uncertainty/) in every one.
-CLASSIFIER_STAGE = Stage("classifier", "6")
+# 7: the lexical branch (`lexical`, on by default): TF-IDF logits added, `lexical.json` saved.
+CLASSIFIER_STAGE = Stage("classifier", "7")
 # 2: `encode` also returns `penultimate`, so every choice comes from one encoder pass.
 # 3: inputs packed through the standard `tokenize` + `bert_pack_inputs` (any TF-Hub preprocessor);
 #    `seq_length` kept as a variable.

@@ -19,10 +19,12 @@ import tf_keras
 
 from penultimate.artifacts import ArtifactRef
 from penultimate.classifier import (
+    TEXT_INPUT,
     EncoderStructureError,
     HeadModel,
     TextClassifier,
     WarmupLinearDecay,
+    classifier_inputs,
     encoder_variables_to_train,
 )
 from penultimate.config import ClassWeights, Pooling, TrainConfig
@@ -37,6 +39,11 @@ from penultimate.features import (
     count_tokens,
     length_sorted_batches,
     load_encoder,
+)
+from penultimate.lexical import (
+    MIN_DOCUMENT_FREQUENCY,
+    LexicalVocabulary,
+    fit_lexical_vocabulary,
 )
 from penultimate.shard_features import read_features, side_by_side
 from penultimate.stages import ENCODER_STAGE
@@ -63,6 +70,7 @@ AUTO_WEIGHT_CAP = 10.0
 MC_SAMPLES = (10, 30, 100)
 # Batches are sorted by length within windows of this many batches: little padding, still shuffled.
 _SORT_WINDOW_BATCHES = 20
+_PREDICT_BATCH = 256
 
 
 class TrainInputError(InputError):
@@ -224,7 +232,8 @@ def token_batches(
     batch_size: int,
     seed: int | None,
 ) -> tf.data.Dataset:
-    """Batches of encoder inputs padded to their own longest text; shuffled per epoch if seeded."""
+    """Batches of classifier inputs (`classifier_inputs`) padded to their own longest text;
+    shuffled per epoch if seeded."""
     lengths = count_tokens(loaded.preprocessor, texts)
     epoch = [0]
 
@@ -243,24 +252,35 @@ def token_batches(
                 batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
             rng.shuffle(batches)
         for index in batches:
-            yield loaded.tokenize([texts[i] for i in index]), labels[index]
+            yield classifier_inputs(loaded, [texts[i] for i in index]), labels[index]
 
     spec = tf.TensorSpec([None, None], tf.int32)
     return tf.data.Dataset.from_generator(
         generate,
         output_signature=(
-            {"input_word_ids": spec, "input_mask": spec, "input_type_ids": spec},
+            {
+                "input_word_ids": spec,
+                "input_mask": spec,
+                "input_type_ids": spec,
+                TEXT_INPUT: tf.TensorSpec([None], tf.string),
+            },
             tf.TensorSpec([None], tf.int32),
         ),
     )
 
 
 def build_classifier(
-    pair: EncoderPair, config: TrainConfig, labels: LabelSpace, loaded: LoadedEncoder
+    pair: EncoderPair,
+    config: TrainConfig,
+    labels: LabelSpace,
+    loaded: LoadedEncoder,
+    lexical: LexicalVocabulary | None,
 ) -> TextClassifier:
     """A classifier with all weights created (by one call on a probe input)."""
-    model = TextClassifier(str(pair.encoder), config, len(labels.names), loaded.info.num_layers)
-    model(loaded.tokenize(["probe"]), training=False)
+    model = TextClassifier(
+        str(pair.encoder), config, len(labels.names), loaded.info.num_layers, lexical=lexical
+    )
+    model(classifier_inputs(loaded, ["probe"]), training=False)
     return model
 
 
@@ -279,7 +299,17 @@ def fit_classifier(
     tf_keras.utils.set_random_seed(config.seed)
     splits = {s: frame.filter(pl.col("split") == s) for s in FEATURE_SPLITS}
     y = {s: labels.encode(part["label"]) for s, part in splits.items()}
-    model = build_classifier(pair, config, labels, loaded)
+    texts = {s: part["text"].to_list() for s, part in splits.items()}
+    lexical = None
+    if config.lexical is not None:
+        lexical = fit_lexical_vocabulary(texts["train"], config.lexical)
+        if not lexical.terms:
+            raise TrainInputError(
+                f"lexical: no word occurs in {MIN_DOCUMENT_FREQUENCY} or more of the "
+                f"{len(texts['train'])} train texts; set lexical: null"
+            )
+        log(f"lexical branch: {len(lexical.terms):,} terms from {len(texts['train']):,} texts")
+    model = build_classifier(pair, config, labels, loaded, lexical)
     steps_per_epoch = -(-len(y["train"]) // config.batch_size)
     steps = steps_per_epoch * config.epochs
     run_dir = out / TENSORBOARD_DIR / run_name(config)
@@ -305,7 +335,10 @@ def fit_classifier(
     with contextlib.closing(epoch_log):
         if features is not None:
             log("training the head on cached encoder features")
-            x = features
+            x = {
+                s: {"features": features[s], TEXT_INPUT: np.array(texts[s], dtype=object)}
+                for s in features
+            }
             head = HeadModel(model)
             head.compile(
                 optimizer=_optimizer(config.learning_rate, config, steps),
@@ -326,7 +359,6 @@ def fit_classifier(
         else:
             log(f"fine-tuning end to end (freeze: {config.freeze})")
             compile_end_to_end(model, steps)
-            texts = {s: part["text"].to_list() for s, part in splits.items()}
             history = model.fit(
                 token_batches(loaded, texts["train"], y["train"], config.batch_size, config.seed),
                 validation_data=token_batches(loaded, texts["val"], y["val"], 64, None),
@@ -337,8 +369,11 @@ def fit_classifier(
                 return text_predictions(model, loaded, texts[split], samples)
 
     model.save_weights(str(out / WEIGHTS))
+    if lexical is not None:
+        lexical.write(out)
     metrics: dict[str, Any] = {
         "epochs_run": len(history.history.get("loss", [])),
+        "lexical_terms": None if lexical is None else len(lexical.terms),
         "tensorboard_run": run_dir.name,
         "still_improving": still_improving(history.history, config.epochs),
     }
@@ -372,7 +407,7 @@ def fit_classifier(
     metrics["dropout"] = write_dropout_report(
         explain_dropout(
             model,
-            loaded.tokenize(batch["text"].to_list()),
+            classifier_inputs(loaded, batch["text"].to_list()),
             y["train"][:REPORT_BATCH],
             lambda classifier: compile_end_to_end(classifier, None),
         ),
@@ -401,16 +436,37 @@ class Predictions(NamedTuple):
         }
 
 
-def head_predictions(head: HeadModel, features: np.ndarray, samples: Sequence[int]) -> Predictions:
-    """A head trained on cached features: its logits for `features` [n, F] and `samples` MC
-    draws (no encoder pass: the features do not change)."""
+def head_predictions(
+    head: HeadModel, inputs: Mapping[str, np.ndarray], samples: Sequence[int]
+) -> Predictions:
+    """A head trained on cached features: its logits for `inputs` (`features` [n, F] and
+    `text` [n]) and `samples` MC draws (no encoder pass: the features do not change; the
+    lexical term, which has no dropout, is computed once)."""
     start = time.perf_counter()
-    logits = head.predict(features, batch_size=256, verbose=0)
+    logits = head.predict(inputs, batch_size=_PREDICT_BATCH, verbose=0)
     seconds = time.perf_counter() - start
+    classifier = head.classifier
+    texts = inputs[TEXT_INPUT]
+    lexical = None
+    if classifier.lexical_vocabulary is not None:
+        lexical = tf.concat(
+            [
+                classifier.lexical_logits({TEXT_INPUT: tf.constant(texts[i : i + _PREDICT_BATCH])})
+                for i in range(0, len(texts), _PREDICT_BATCH)
+            ],
+            axis=0,
+        )
     draws = {}
     for count in samples:
         start = time.perf_counter()
-        stack = np.stack([head(features, training=True).numpy() for _ in range(count)])
+        stack = np.stack(
+            [
+                classifier.head(
+                    classifier.penultimate(inputs["features"], True), True, lexical
+                ).numpy()
+                for _ in range(count)
+            ]
+        )
         draws[count] = (stack, time.perf_counter() - start)
     return Predictions(logits, seconds, draws)
 
@@ -424,14 +480,17 @@ def text_predictions(
     seconds = dict.fromkeys(samples, 0.0)
 
     def run_batch(index: np.ndarray) -> dict[str, tf.Tensor]:
-        inputs = loaded.tokenize([texts[i] for i in index])
-        outputs = model.encoder(inputs, training=False)
-        mask = inputs["input_mask"]
-        named = {"logits": model.logits_from_encoder_outputs(outputs, mask, False)}
+        inputs = classifier_inputs(loaded, [texts[i] for i in index])
+        outputs = model.run_encoder(inputs, False)
+        mask, lexical = inputs["input_mask"], model.lexical_logits(inputs)
+        named = {"logits": model.logits_from_encoder_outputs(outputs, mask, False, lexical)}
         for count in samples:
             start = time.perf_counter()
             named[f"mc_{count}"] = tf.stack(
-                [model.logits_from_encoder_outputs(outputs, mask, True) for _ in range(count)],
+                [
+                    model.logits_from_encoder_outputs(outputs, mask, True, lexical)
+                    for _ in range(count)
+                ],
                 axis=1,
             )
             seconds[count] += time.perf_counter() - start
@@ -475,11 +534,13 @@ class TrainedClassifier:
     @classmethod
     def load(cls, model_dir: Path) -> TrainedClassifier:
         info = json.loads((model_dir / CLASSIFIER_FILE).read_text())
-        config = TrainConfig.model_validate(info["train_config"])
+        # Classifiers of stage 6 and before had no lexical branch and no `lexical` key.
+        config = TrainConfig.model_validate({"lexical": None, **info["train_config"]})
         store_root = model_dir.parent.parent
         pair = EncoderPair(store_root / ENCODER_STAGE.name / info["encoder_key"])
         loaded = load_encoder(pair)
         labels = LabelSpace(info["labels"])
-        model = build_classifier(pair, config, labels, loaded)
+        lexical = LexicalVocabulary.read(model_dir) if config.lexical is not None else None
+        model = build_classifier(pair, config, labels, loaded, lexical)
         model.load_weights(str(model_dir / WEIGHTS)).expect_partial()
         return cls(model, loaded, labels, config)

@@ -69,8 +69,14 @@ def test_report_rounds_every_number_and_lists_the_top_confusions() -> None:
         {"true": "spam", "predicted": "ham", "count": 4, "share_of_true": 0.0199},
         {"true": "ham", "predicted": "spam", "count": 2, "share_of_true": 0.005},
     ]
-    metrics = {"epochs_run": 3, "test": test, "tensorboard_run": "freeze-all_pool-mean_1234abcd"}
+    metrics = {
+        "epochs_run": 3,
+        "test": test,
+        "tensorboard_run": "freeze-all_pool-mean_1234abcd",
+        "lexical_terms": 49207,
+    }
     report = classifier_report_markdown(CLASSIFIER, metrics, STORE)
+    assert "- lexical branch: 49,207 terms (`lexical.json`)\n" in report
     assert "- recall: 0.9801 (of `spam`)\n" in report and "- accuracy: 0.9900\n" in report
     assert "| spam | 0.9899 | 0.9801 | 0.985 | 201 |" in report  # the per-class table
     assert "- roc_auc: 0.9999 (of `spam`)" in report

@@ -43,7 +43,8 @@ def batch(corpus_slice: Path) -> tuple[list[str], np.ndarray]:
 
 def classifier(pair: Path, **config: object) -> tuple[TextClassifier, LoadedEncoder]:
     loaded = load_encoder(EncoderPair(pair))
-    train_config = TrainConfig.model_validate(config)
+    # No lexical branch: these tests look at dropout, which it does not have.
+    train_config = TrainConfig.model_validate({"lexical": None, **config})
     info = loaded.info
     model = TextClassifier(str(EncoderPair(pair).encoder), train_config, 2, info.num_layers)
     model(loaded.tokenize(["probe"]), training=False)

@@ -21,6 +21,7 @@ from penultimate.config import ClassWeights, EncoderConfig, TrainConfig
 from penultimate.encoders.pair import EncoderInfo, EncoderPair
 from penultimate.features import load_encoder
 from penultimate.ingest import label_counts_per_split
+from penultimate.lexical import LexicalVocabulary
 from penultimate.train import (
     AUTO_WEIGHT_CAP,
     TrainInputError,
@@ -113,7 +114,9 @@ def test_inputs_checked_against_data_and_encoder() -> None:
 
 
 def fit_one_epoch(pair: EncoderPair, freeze: str) -> tuple[dict[str, np.ndarray], TextClassifier]:
-    config = TrainConfig(freeze=freeze, learning_rate=1e-2, encoder_learning_rate=1e-3)
+    config = TrainConfig(
+        freeze=freeze, learning_rate=1e-2, encoder_learning_rate=1e-3, lexical=None
+    )
     loaded = load_encoder(pair)
     model = TextClassifier(str(pair.encoder), config, 2, num_layers=loaded.info.num_layers)
     texts = [
@@ -224,10 +227,14 @@ def test_classifier_config_round_trips(minilm_pair: Path) -> None:
     config = TrainConfig.model_validate(
         {"hidden": [{"units": 8}], "dropout": [{"at": "hidden:0", "rate": 0.2, "columns": [1]}]}
     )
-    model = TextClassifier(str(EncoderPair(minilm_pair).encoder), config, 3, 6)
+    lexical = LexicalVocabulary(["the", "senate"], [1.0, 2.5], 2)
+    model = TextClassifier(str(EncoderPair(minilm_pair).encoder), config, 3, 6, lexical=lexical)
     rebuilt = TextClassifier.from_config(model.get_config())
     assert rebuilt.get_config() == model.get_config()
     assert rebuilt.train_config == config and rebuilt.output_layer.units == 3
+    assert rebuilt.lexical_vocabulary == lexical
+    with pytest.raises(ValueError, match=r"exactly when config\.lexical is set"):
+        TextClassifier(str(EncoderPair(minilm_pair).encoder), config, 3, 6)
 
 
 def event_values(folder: Path) -> dict[str, tf.compat.v1.Summary.Value]:

@@ -33,6 +33,7 @@ from penultimate.config.train import (
     ClassWeights,
     DropoutSpec,
     HiddenLayer,
+    LexicalConfig,
     MaskMode,
     TrainConfig,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "HiddenLayer",
     "IngestConfig",
     "LayerCombine",
+    "LexicalConfig",
     "LongText",
     "MaskMode",
     "OutputDtype",

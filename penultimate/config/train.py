@@ -75,6 +75,19 @@ class HiddenLayer(_Config):
     activation: Activation = Field(Activation.relu, description="Its activation function.")
 
 
+class LexicalConfig(_Config):
+    """The lexical branch: TF-IDF of the raw text, a linear term added to the logits."""
+
+    max_tokens: int = Field(
+        50_000,
+        ge=10,
+        le=1_000_000,
+        description="Most terms (words and word n-grams) counted: the most frequent of the "
+        "train split, each in at least 2 train texts.",
+    )
+    ngrams: int = Field(2, ge=1, le=3, description="Terms are runs of 1 to this many words.")
+
+
 class ClassWeights(StrEnum):
     """Loss weights per class (see `penultimate.train.class_weights`)."""
 
@@ -84,7 +97,8 @@ class ClassWeights(StrEnum):
 
 
 class TrainConfig(_Config):
-    """Classifier on a dataset artifact: encoder -> pooling -> hidden layers -> dropout -> Dense."""
+    """Classifier on a dataset artifact: encoder -> pooling -> hidden layers -> dropout -> Dense,
+    plus (by default) the lexical branch's TF-IDF -> Dense, the two added as logits."""
 
     encoder: EncoderConfig = Field(
         default_factory=EncoderConfig,
@@ -103,6 +117,13 @@ class TrainConfig(_Config):
     dropout: list[DropoutSpec] = Field(
         default_factory=lambda: [DropoutSpec()],
         description="Every dropout layer of the classifier, wherever it sits.",
+    )
+    lexical: LexicalConfig | None = Field(
+        default_factory=LexicalConfig,
+        description="A wide & deep classifier: sublinear TF-IDF of the text's words and word "
+        "pairs, through its own Dense layer, added to the logits. Names, dates and headers "
+        "reach the prediction that mean pooling averages away; the served embedding stays the "
+        "penultimate layer. null = logits from the embedding alone.",
     )
     freeze: str = Field(
         "all",
