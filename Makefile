@@ -124,8 +124,9 @@ bench-long-text: $(INSTALLED)
 	$(PY) -m benchmarks.bench_long_text $(ARGS)
 
 # Is MC dropout worth it? The demo classifier on spam/ham and on the 5-class group label: each
-# artifact's uncertainty and dropout reports side by side, and against TF-IDF with and without the
-# lexical branch and beside the default config (trains in a temporary store).
+# artifact's uncertainty and dropout reports side by side; then the demo classifier with and
+# without the lexical branch and the default config, each against TF-IDF + logistic regression
+# (trains in a temporary store).
 bench-uncertainty: $(INSTALLED)
 	$(PY) -m benchmarks.bench_uncertainty $(ARGS)
 

@@ -80,7 +80,8 @@ def main() -> None:
     encode_train_s = encode_all_s * train_rows / frame.height
 
     def run(name: str, overrides: dict[str, Any]) -> None:
-        config = TrainConfig.model_validate(overrides)
+        # Dropout and freezing compared on the embedding's logits alone, as first measured.
+        config = TrainConfig.model_validate({"lexical": None, **overrides})
         labels = validate_training_inputs(
             config, dataset, label_counts_per_split(frame), loaded.info
         )

@@ -116,10 +116,10 @@ class TextClassifier(tf_keras.Model):
         config: the training config (pooling, layer, hidden layers, dropout, freeze, lexical).
         num_classes: 2 gives one sigmoid logit; more give one softmax logit per class.
         num_layers: encoder blocks, to resolve `freeze: top:N`.
-        lexical: the lexical branch's vocabulary; required when `config.lexical` is set.
+        vocabulary: the lexical branch's terms and idf; required when `config.lexical` is set.
 
     Example:
-        >>> model = TextClassifier("encoder/", TrainConfig(), 2, 6, lexical=vocabulary)
+        >>> model = TextClassifier("encoder/", TrainConfig(), 2, 6, vocabulary=vocabulary)
         >>> inputs = classifier_inputs(load_encoder(pair), ["hello"])
         >>> logits = model(inputs)          # [1, 1]: deep logit + lexical logit
         >>> features = model.embed(inputs)  # the penultimate layer, before head dropout
@@ -131,11 +131,11 @@ class TextClassifier(tf_keras.Model):
         config: TrainConfig,
         num_classes: int,
         num_layers: int,
-        lexical: LexicalVocabulary | None = None,
+        vocabulary: LexicalVocabulary | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if (config.lexical is None) != (lexical is None):
+        if (config.lexical is None) != (vocabulary is None):
             raise ValueError("a lexical vocabulary is needed exactly when config.lexical is set")
         self.train_config = config
         self.num_classes = num_classes
@@ -160,11 +160,13 @@ class TextClassifier(tf_keras.Model):
         ]
         outputs = 1 if num_classes == 2 else num_classes
         self.output_layer = tf_keras.layers.Dense(outputs, name="logits")
-        self.lexical_vocabulary = lexical
+        self.vocabulary = vocabulary
         self.lexical_features: LexicalFeatures | None = None
         self.lexical_layer: tf_keras.layers.Dense | None = None
-        if lexical is not None:
-            self.lexical_features = LexicalFeatures(lexical.terms, lexical.idf, lexical.ngrams)
+        if vocabulary is not None:
+            self.lexical_features = LexicalFeatures(
+                vocabulary.terms, vocabulary.idf, vocabulary.ngrams
+            )
             # No bias: the deep output layer has one.
             self.lexical_layer = tf_keras.layers.Dense(
                 outputs, use_bias=False, name="lexical_logits"
@@ -177,7 +179,7 @@ class TextClassifier(tf_keras.Model):
             "config": self.train_config.model_dump(mode="json"),
             "num_classes": self.num_classes,
             "num_layers": self.num_layers,
-            "lexical": None if self.lexical_vocabulary is None else asdict(self.lexical_vocabulary),
+            "vocabulary": None if self.vocabulary is None else asdict(self.vocabulary),
             "name": self.name,
         }
 
@@ -185,11 +187,12 @@ class TextClassifier(tf_keras.Model):
     def from_config(cls, config: dict[str, Any]) -> TextClassifier:
         options = dict(config)
         options["config"] = TrainConfig.model_validate(options["config"])
-        if options["lexical"] is not None:
-            options["lexical"] = LexicalVocabulary(**options["lexical"])
+        if options.get("vocabulary") is not None:
+            options["vocabulary"] = LexicalVocabulary(**options["vocabulary"])
         return cls(**options)
 
     def run_encoder(self, inputs: Mapping[str, tf.Tensor], training: bool) -> dict[str, Any]:
+        """The encoder's outputs for the classifier's `inputs` (the `text` left out)."""
         return self.encoder({key: inputs[key] for key in ENCODER_INPUTS}, training=training)
 
     def lexical_logits(self, inputs: Mapping[str, tf.Tensor]) -> tf.Tensor | None:
@@ -239,13 +242,13 @@ class TextClassifier(tf_keras.Model):
         self,
         penultimate: tf.Tensor,
         dropout: bool,
-        lexical: tf.Tensor | None,
+        lexical_logits: tf.Tensor | None,
         taps: Taps = None,
     ) -> tf.Tensor:
         """Logits: the output layer on the (head-dropped) penultimate features, plus the lexical
-        branch's term when there is one (`lexical_logits`)."""
+        branch's term when there is one (see `lexical_logits`)."""
         logits = self.output_layer(self._drop("head", penultimate, dropout, taps))
-        return logits if lexical is None else logits + lexical
+        return logits if lexical_logits is None else logits + lexical_logits
 
     def tapped_forward(
         self, inputs: Mapping[str, tf.Tensor], training: bool
@@ -261,10 +264,10 @@ class TextClassifier(tf_keras.Model):
             taps[f"encoder_block_{index}"] = states
         taps["pooled"] = self.pool(outputs, inputs["input_mask"], training, taps)
         taps["penultimate"] = self.penultimate(taps["pooled"], training, taps)
-        lexical = self.lexical_logits(inputs)
-        if lexical is not None:
-            taps["lexical_logits"] = lexical
-        taps["logits"] = self.head(taps["penultimate"], training, lexical, taps)
+        lexical_logits = self.lexical_logits(inputs)
+        if lexical_logits is not None:
+            taps["lexical_logits"] = lexical_logits
+        taps["logits"] = self.head(taps["penultimate"], training, lexical_logits, taps)
         return taps
 
     def logits_from_encoder_outputs(
@@ -272,12 +275,12 @@ class TextClassifier(tf_keras.Model):
         outputs: Mapping[str, Any],
         mask: tf.Tensor,
         dropout: bool,
-        lexical: tf.Tensor | None,
+        lexical_logits: tf.Tensor | None,
     ) -> tf.Tensor:
         """Everything after the encoder; MC-dropout reuses one encoder pass (and one lexical
         term) for many samples."""
         penultimate = self.penultimate(self.pool(outputs, mask, dropout), dropout)
-        return self.head(penultimate, dropout, lexical)
+        return self.head(penultimate, dropout, lexical_logits)
 
     def call(self, inputs: Mapping[str, tf.Tensor], training: bool | None = None) -> tf.Tensor:
         active = bool(training)
@@ -342,6 +345,13 @@ class HeadModel(tf_keras.Model):
         self.classifier = classifier
 
     def call(self, inputs: Mapping[str, tf.Tensor], training: bool | None = None) -> tf.Tensor:
-        active = bool(training)
-        penultimate = self.classifier.penultimate(inputs["features"], active)
-        return self.classifier.head(penultimate, active, self.classifier.lexical_logits(inputs))
+        return self.logits(
+            inputs["features"], bool(training), self.classifier.lexical_logits(inputs)
+        )
+
+    def logits(
+        self, features: tf.Tensor, dropout: bool, lexical_logits: tf.Tensor | None
+    ) -> tf.Tensor:
+        """Logits from pooled `features` [batch, F] and the batch's lexical term (or None)."""
+        penultimate = self.classifier.penultimate(features, dropout)
+        return self.classifier.head(penultimate, dropout, lexical_logits)

@@ -81,11 +81,11 @@ class ClassifierServing(tf.Module):
         # One deterministic encoder pass and lexical term; the classifier's own dropout is
         # sampled `samples` times.
         outputs = self.classifier.run_encoder(inputs, False)
-        lexical = self.classifier.lexical_logits(inputs)
+        lexical_logits = self.classifier.lexical_logits(inputs)
         draws = tf.map_fn(
             lambda _: self._probabilities(
                 self.classifier.logits_from_encoder_outputs(
-                    outputs, inputs["input_mask"], True, lexical
+                    outputs, inputs["input_mask"], True, lexical_logits
                 )
             ),
             tf.range(samples),

@@ -18,7 +18,7 @@ import tf_keras
 from penultimate.config import LexicalConfig
 
 LEXICAL_FILE = "lexical.json"
-# Texts per TextVectorization call while fitting: [batch, max_tokens] counts stay a few MB.
+# Texts per TextVectorization call while fitting.
 _FIT_BATCH = 256
 # A term in fewer train texts than this is noise to a linear model (sklearn's `min_df` of the
 # TF-IDF baseline in RESULTS.md).
@@ -42,6 +42,7 @@ class LexicalVocabulary:
     ngrams: int
 
     def write(self, folder: Path) -> None:
+        """Into `folder/lexical.json`, atomically (temp file + rename)."""
         target = folder / LEXICAL_FILE
         staging = target.with_name(f".{LEXICAL_FILE}.{os.getpid()}")
         staging.write_text(json.dumps(asdict(self)))
@@ -49,6 +50,7 @@ class LexicalVocabulary:
 
     @classmethod
     def read(cls, folder: Path) -> LexicalVocabulary:
+        """From `folder/lexical.json` (see `write`)."""
         return cls(**json.loads((folder / LEXICAL_FILE).read_text()))
 
 
@@ -62,35 +64,40 @@ def words_of(text: tf.Tensor) -> tf.Tensor:
 def _term_counter(
     ngrams: int, terms: Sequence[str] | None = None, max_tokens: int | None = None
 ) -> tf_keras.layers.Layer:
-    """Per text, how often each term occurs: [batch] strings -> [batch, 1 + terms], column 0
-    counting the terms outside the vocabulary (`adapt` picks at most `max_tokens - 1` terms)."""
+    """Per text, how often each term occurs: [batch] strings -> a SparseTensor [batch, 1 + terms],
+    column 0 counting the terms outside the vocabulary (`adapt` picks at most `max_tokens - 1`
+    terms). Sparse: a text holds a few hundred of the 50,000 terms."""
     return tf_keras.layers.TextVectorization(
         standardize=words_of,
         max_tokens=max_tokens,
         ngrams=ngrams,
         output_mode="count",
+        sparse=True,
         vocabulary=None if terms is None else list(terms),
     )
 
 
 def fit_lexical_vocabulary(texts: Sequence[str], config: LexicalConfig) -> LexicalVocabulary:
-    """The `config.max_tokens` terms of `texts` (the train split) that occur in the most texts,
-    each in at least MIN_DOCUMENT_FREQUENCY, ordered by that count then alphabetically (the same
-    texts give the same vocabulary on every machine), with their idf.
+    """About the `config.max_tokens` terms of `texts` (the train split) that occur in the most
+    texts, each in at least MIN_DOCUMENT_FREQUENCY, ordered by that count then alphabetically (the
+    same texts give the same vocabulary on every machine), with their idf.
 
-    Candidates are the `_CANDIDATES_PER_TERM * max_tokens` most frequent terms by occurrences,
-    so the counts of a pass stay [batch, candidates] however large the corpus's vocabulary."""
+    Two passes: Keras' `adapt` counts every distinct term (its memory grows with the corpus's
+    n-grams) and keeps the `_CANDIDATES_PER_TERM * max_tokens` most frequent by occurrences;
+    the second counts the texts each candidate occurs in."""
     counter = _term_counter(config.ngrams, max_tokens=_CANDIDATES_PER_TERM * config.max_tokens + 1)
     batches = tf.data.Dataset.from_tensor_slices(tf.constant(list(texts), tf.string))
     counter.adapt(batches.batch(_FIT_BATCH))
     candidates = counter.get_vocabulary()[1:]
-    document_frequency = np.zeros(len(candidates), np.int64)
+    document_frequency = np.zeros(len(candidates) + 1, np.int64)
     for batch in batches.batch(_FIT_BATCH):
-        document_frequency += (counter(batch).numpy()[:, 1:] > 0).sum(axis=0)
+        # One sparse entry per (text, term) that occurs: its column counts the text once.
+        columns = counter(batch).indices[:, 1].numpy()
+        document_frequency += np.bincount(columns, minlength=len(document_frequency))
     kept = sorted(
         (
             (int(df), str(term))
-            for df, term in zip(document_frequency, candidates, strict=True)
+            for df, term in zip(document_frequency[1:], candidates, strict=True)
             if df >= MIN_DOCUMENT_FREQUENCY
         ),
         key=lambda pair: (-pair[0], pair[1]),
@@ -105,9 +112,10 @@ def fit_lexical_vocabulary(texts: Sequence[str], config: LexicalConfig) -> Lexic
 
 class LexicalFeatures(tf_keras.layers.Layer):
     """Raw strings to sublinear, L2-normalised TF-IDF vectors over a fixed vocabulary:
-    [batch] -> [batch, len(terms)], each row (1 + ln tf) * idf / its norm, as sklearn's
-    `TfidfVectorizer(sublinear_tf=True)` computes it (terms outside the vocabulary count for
-    nothing; a text without any known term is all zeros).
+    [batch] -> a SparseTensor [batch, len(terms)], each row (1 + ln tf) * idf / its norm, as
+    sklearn's `TfidfVectorizer(sublinear_tf=True)` computes it (terms outside the vocabulary count
+    for nothing; a text without any known term is an empty row). Sparse all the way into the
+    Dense layer after it, so memory grows with the terms a batch holds, not batch x vocabulary.
 
     Args:
         terms: the vocabulary (see `LexicalVocabulary`).
@@ -117,7 +125,7 @@ class LexicalFeatures(tf_keras.layers.Layer):
     Example:
         >>> vocabulary = fit_lexical_vocabulary(train_texts, LexicalConfig())
         >>> layer = LexicalFeatures(vocabulary.terms, vocabulary.idf, vocabulary.ngrams)
-        >>> layer(tf.constant(["Fellow citizens of the Senate"])).shape  # [1, len(terms)]
+        >>> layer(tf.constant(["Fellow citizens of the Senate"])).dense_shape  # [1, len(terms)]
     """
 
     def __init__(
@@ -127,24 +135,29 @@ class LexicalFeatures(tf_keras.layers.Layer):
         self.terms = list(terms)
         self.ngrams = ngrams
         self.counter = _term_counter(ngrams, self.terms)
-        # Column 0 counts out-of-vocabulary terms: weight 0, so they do not count.
-        self.idf = tf.constant(np.concatenate([[0.0], idf]).astype(np.float32))
+        self.idf = tf.constant(np.asarray(idf, np.float32))
 
-    @property
-    def width(self) -> int:
-        return len(self.terms)
-
-    def call(self, text: tf.Tensor) -> tf.Tensor:
+    def call(self, text: tf.Tensor) -> tf.SparseTensor:
         counts = self.counter(text)
-        # 1 + ln(count) where a term occurs, 0 where it does not.
-        term_frequency = tf.math.log(tf.maximum(counts, 1.0)) + tf.cast(counts > 0, tf.float32)
-        weighted = (term_frequency * self.idf)[:, 1:]
-        return tf.math.l2_normalize(weighted, axis=1)
+        # Column 0 counts the terms outside the vocabulary: they do not count.
+        known = tf.sparse.retain(counts, counts.indices[:, 1] > 0)
+        rows, columns = known.indices[:, 0], known.indices[:, 1] - 1
+        weights = (1.0 + tf.math.log(known.values)) * tf.gather(self.idf, columns)
+        # tf.math.l2_normalize's rule: divide by sqrt(max(sum of squares, 1e-12)).
+        squares = tf.math.unsorted_segment_sum(
+            tf.square(weights), rows, num_segments=tf.shape(text, out_type=tf.int64)[0]
+        )
+        weights *= tf.gather(tf.math.rsqrt(tf.maximum(squares, 1e-12)), rows)
+        return tf.SparseTensor(
+            tf.stack([rows, columns], axis=1),
+            weights,
+            tf.stack([known.dense_shape[0], known.dense_shape[1] - 1]),
+        )
 
     def get_config(self) -> dict[str, Any]:
         return {
             **super().get_config(),
             "terms": self.terms,
-            "idf": self.idf.numpy()[1:].tolist(),
+            "idf": self.idf.numpy().tolist(),
             "ngrams": self.ngrams,
         }

@@ -274,11 +274,11 @@ def build_classifier(
     config: TrainConfig,
     labels: LabelSpace,
     loaded: LoadedEncoder,
-    lexical: LexicalVocabulary | None,
+    vocabulary: LexicalVocabulary | None,
 ) -> TextClassifier:
     """A classifier with all weights created (by one call on a probe input)."""
     model = TextClassifier(
-        str(pair.encoder), config, len(labels.names), loaded.info.num_layers, lexical=lexical
+        str(pair.encoder), config, len(labels.names), loaded.info.num_layers, vocabulary=vocabulary
     )
     model(classifier_inputs(loaded, ["probe"]), training=False)
     return model
@@ -300,16 +300,16 @@ def fit_classifier(
     splits = {s: frame.filter(pl.col("split") == s) for s in FEATURE_SPLITS}
     y = {s: labels.encode(part["label"]) for s, part in splits.items()}
     texts = {s: part["text"].to_list() for s, part in splits.items()}
-    lexical = None
+    vocabulary = None
     if config.lexical is not None:
-        lexical = fit_lexical_vocabulary(texts["train"], config.lexical)
-        if not lexical.terms:
+        vocabulary = fit_lexical_vocabulary(texts["train"], config.lexical)
+        if not vocabulary.terms:
             raise TrainInputError(
                 f"lexical: no word occurs in {MIN_DOCUMENT_FREQUENCY} or more of the "
                 f"{len(texts['train'])} train texts; set lexical: null"
             )
-        log(f"lexical branch: {len(lexical.terms):,} terms from {len(texts['train']):,} texts")
-    model = build_classifier(pair, config, labels, loaded, lexical)
+        log(f"lexical branch: {len(vocabulary.terms):,} terms from {len(texts['train']):,} texts")
+    model = build_classifier(pair, config, labels, loaded, vocabulary)
     steps_per_epoch = -(-len(y["train"]) // config.batch_size)
     steps = steps_per_epoch * config.epochs
     run_dir = out / TENSORBOARD_DIR / run_name(config)
@@ -369,11 +369,11 @@ def fit_classifier(
                 return text_predictions(model, loaded, texts[split], samples)
 
     model.save_weights(str(out / WEIGHTS))
-    if lexical is not None:
-        lexical.write(out)
+    if vocabulary is not None:
+        vocabulary.write(out)
     metrics: dict[str, Any] = {
         "epochs_run": len(history.history.get("loss", [])),
-        "lexical_terms": None if lexical is None else len(lexical.terms),
+        "lexical_terms": None if vocabulary is None else len(vocabulary.terms),
         "tensorboard_run": run_dir.name,
         "still_improving": still_improving(history.history, config.epochs),
     }
@@ -445,27 +445,17 @@ def head_predictions(
     start = time.perf_counter()
     logits = head.predict(inputs, batch_size=_PREDICT_BATCH, verbose=0)
     seconds = time.perf_counter() - start
-    classifier = head.classifier
     texts = inputs[TEXT_INPUT]
-    lexical = None
-    if classifier.lexical_vocabulary is not None:
-        lexical = tf.concat(
-            [
-                classifier.lexical_logits({TEXT_INPUT: tf.constant(texts[i : i + _PREDICT_BATCH])})
-                for i in range(0, len(texts), _PREDICT_BATCH)
-            ],
-            axis=0,
-        )
+    parts = [
+        head.classifier.lexical_logits({TEXT_INPUT: tf.constant(texts[i : i + _PREDICT_BATCH])})
+        for i in range(0, len(texts), _PREDICT_BATCH)
+    ]
+    lexical_logits = tf.concat(parts, axis=0) if parts and parts[0] is not None else None
     draws = {}
     for count in samples:
         start = time.perf_counter()
         stack = np.stack(
-            [
-                classifier.head(
-                    classifier.penultimate(inputs["features"], True), True, lexical
-                ).numpy()
-                for _ in range(count)
-            ]
+            [head.logits(inputs["features"], True, lexical_logits).numpy() for _ in range(count)]
         )
         draws[count] = (stack, time.perf_counter() - start)
     return Predictions(logits, seconds, draws)
@@ -482,13 +472,13 @@ def text_predictions(
     def run_batch(index: np.ndarray) -> dict[str, tf.Tensor]:
         inputs = classifier_inputs(loaded, [texts[i] for i in index])
         outputs = model.run_encoder(inputs, False)
-        mask, lexical = inputs["input_mask"], model.lexical_logits(inputs)
-        named = {"logits": model.logits_from_encoder_outputs(outputs, mask, False, lexical)}
+        mask, lexical_logits = inputs["input_mask"], model.lexical_logits(inputs)
+        named = {"logits": model.logits_from_encoder_outputs(outputs, mask, False, lexical_logits)}
         for count in samples:
             start = time.perf_counter()
             named[f"mc_{count}"] = tf.stack(
                 [
-                    model.logits_from_encoder_outputs(outputs, mask, True, lexical)
+                    model.logits_from_encoder_outputs(outputs, mask, True, lexical_logits)
                     for _ in range(count)
                 ],
                 axis=1,
@@ -540,7 +530,7 @@ class TrainedClassifier:
         pair = EncoderPair(store_root / ENCODER_STAGE.name / info["encoder_key"])
         loaded = load_encoder(pair)
         labels = LabelSpace(info["labels"])
-        lexical = LexicalVocabulary.read(model_dir) if config.lexical is not None else None
-        model = build_classifier(pair, config, labels, loaded, lexical)
+        vocabulary = LexicalVocabulary.read(model_dir) if config.lexical is not None else None
+        model = build_classifier(pair, config, labels, loaded, vocabulary)
         model.load_weights(str(model_dir / WEIGHTS)).expect_partial()
         return cls(model, loaded, labels, config)

@@ -1,5 +1,6 @@
 """The lexical branch: its TF-IDF is sklearn's sublinear TF-IDF to float precision, its vocabulary
-is deterministic and kept in the classifier artifact, and its logits add to the deep ones."""
+is deterministic and kept in the classifier artifact, and its logits add to the deep ones in
+training, in the head on cached features and in every served prediction."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import polars as pl
 import pytest
 import tensorflow as tf
 
-from penultimate.classifier import TEXT_INPUT, TextClassifier, classifier_inputs
+from penultimate.classifier import TEXT_INPUT, HeadModel, TextClassifier, classifier_inputs
 from penultimate.config import LexicalConfig, TrainConfig
 from penultimate.encoders.pair import EncoderPair
+from penultimate.export import ClassifierServing
 from penultimate.features import load_encoder
 from penultimate.lexical import (
     MIN_DOCUMENT_FREQUENCY,
@@ -22,7 +24,7 @@ from penultimate.lexical import (
     LexicalVocabulary,
     fit_lexical_vocabulary,
 )
-from penultimate.train import LabelSpace, TrainInputError, fit_classifier
+from penultimate.train import LabelSpace, TrainedClassifier, TrainInputError, fit_classifier
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +57,7 @@ def test_features_are_sklearns_sublinear_tfidf(mails: list[str]) -> None:
     reference = sklearn_tfidf(train, vocabulary.terms, 2)
     np.testing.assert_allclose(vocabulary.idf, reference.idf_, rtol=1e-6)
     for texts in (train[:50], held_out):
-        ours = layer(tf.constant(texts)).numpy()
+        ours = tf.sparse.to_dense(layer(tf.constant(texts))).numpy()
         np.testing.assert_allclose(ours, reference.transform(texts).toarray(), atol=2e-6)
         np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
 
@@ -67,7 +69,7 @@ def test_vocabulary_is_frequent_terms_in_a_fixed_order(mails: list[str]) -> None
     again = fit_lexical_vocabulary(mails[::-1], LexicalConfig(max_tokens=500, ngrams=1))
     assert again == vocabulary
     # Every term in at least MIN_DOCUMENT_FREQUENCY texts; ordered by that count (idf rises).
-    everything = fit_lexical_vocabulary(mails, LexicalConfig(max_tokens=1_000_000, ngrams=1))
+    everything = fit_lexical_vocabulary(mails, LexicalConfig(max_tokens=200_000, ngrams=1))
     counted = sklearn_tfidf(mails, everything.terms, 1).transform(mails)
     assert (np.asarray((counted > 0).sum(axis=0)).ravel() >= MIN_DOCUMENT_FREQUENCY).all()
     assert np.all(np.diff(everything.idf) >= 0)
@@ -79,7 +81,7 @@ def test_text_without_known_terms_is_all_zeros_and_vocabulary_round_trips(
     vocabulary = LexicalVocabulary(["senate", "the senate", "école"], [1.5, 2.0, 1.0], 2)
     layer = LexicalFeatures(vocabulary.terms, vocabulary.idf, vocabulary.ngrams)
     texts = ["Nothing known here.", "THE Senate!", "", "École: the-senate?école"]
-    rows = layer(tf.constant(texts)).numpy()
+    rows = tf.sparse.to_dense(layer(tf.constant(texts))).numpy()
     np.testing.assert_array_equal(rows[0], [0.0, 0.0, 0.0])
     np.testing.assert_array_equal(rows[2], [0.0, 0.0, 0.0])
     np.testing.assert_allclose(rows[1], np.array([1.5, 2.0, 0]) / np.hypot(1.5, 2.0), rtol=1e-6)
@@ -91,7 +93,10 @@ def test_text_without_known_terms_is_all_zeros_and_vocabulary_round_trips(
     assert LexicalVocabulary.read(tmp_path) == vocabulary
     assert [p.name for p in tmp_path.iterdir()] == ["lexical.json"]
     rebuilt = LexicalFeatures.from_config(layer.get_config())
-    np.testing.assert_array_equal(rebuilt(tf.constant(["the senate"])), layer(["the senate"]))
+    np.testing.assert_array_equal(
+        tf.sparse.to_dense(rebuilt(tf.constant(["the senate"]))),
+        tf.sparse.to_dense(layer(tf.constant(["the senate"]))),
+    )
 
 
 def test_lexical_logits_add_to_the_deep_logits(tiny_bert_pair: Path) -> None:
@@ -101,7 +106,7 @@ def test_lexical_logits_add_to_the_deep_logits(tiny_bert_pair: Path) -> None:
     vocabulary = LexicalVocabulary(["senate", "house"], [1.0, 1.0], 1)
     model = TextClassifier(
         str(EncoderPair(tiny_bert_pair).encoder), TrainConfig(), 3, loaded.info.num_layers,
-        lexical=vocabulary,
+        vocabulary=vocabulary,
     )  # fmt: skip
     inputs = classifier_inputs(loaded, ["a text about the senate"])
     model(inputs)
@@ -115,6 +120,13 @@ def test_lexical_logits_add_to_the_deep_logits(tiny_bert_pair: Path) -> None:
     both = {**inputs, TEXT_INPUT: tf.constant(["senate house"])}
     np.testing.assert_allclose(
         model(both).numpy(), deep + (kernel[0] + kernel[1]) / np.sqrt(2), atol=1e-6
+    )
+    # The head trained on cached features gives the same logits from the pooled features.
+    pooled = model.encoder_features(both, False, False)
+    np.testing.assert_allclose(
+        HeadModel(model)({"features": pooled, TEXT_INPUT: both[TEXT_INPUT]}).numpy(),
+        model(both).numpy(),
+        atol=1e-6,
     )
 
 
@@ -136,3 +148,30 @@ def test_a_train_split_without_a_repeated_word_is_a_named_error(
             None, print,
         )  # fmt: skip
     assert not list(tmp_path.iterdir())
+
+
+def test_every_served_prediction_includes_the_lexical_term(tiny_bert_pair: Path) -> None:
+    """The export's `serving_default` and `predict_mc` (dropout at rate 0, so every draw is the
+    deterministic prediction) give the Keras model's probabilities, lexical term included."""
+    pair = EncoderPair(tiny_bert_pair)
+    loaded = load_encoder(pair)
+    config = TrainConfig.model_validate({"dropout": [{"rate": 0.0}]})
+    vocabulary = LexicalVocabulary(["senate", "house"], [1.0, 1.0], 1)
+    model = TextClassifier(
+        str(pair.encoder), config, 3, loaded.info.num_layers, vocabulary=vocabulary
+    )
+    texts = ["the senate", "the house and the senate", "nothing known"]
+    model(classifier_inputs(loaded, texts))
+    assert model.lexical_layer is not None
+    model.lexical_layer.kernel.assign([[4.0, -4.0, 0.0], [-2.0, 0.0, 3.0]])
+    serving = ClassifierServing(
+        TrainedClassifier(model, loaded, LabelSpace(["a", "b", "c"]), config)
+    )
+    expected = tf.nn.softmax(model(classifier_inputs(loaded, texts))).numpy()
+    served = serving.serve(tf.constant(texts))["probabilities"].numpy()
+    np.testing.assert_allclose(served, expected, atol=1e-6)
+    mc = serving.predict_mc(tf.constant(texts), tf.constant(3))["mean"].numpy()
+    np.testing.assert_allclose(mc, expected, atol=1e-6)
+    # The term matters: without it the first text's prediction would differ.
+    deep = tf.nn.softmax(model.head(model.embed(classifier_inputs(loaded, texts)), False, None))
+    assert np.abs(deep.numpy()[0] - expected[0]).max() > 0.1

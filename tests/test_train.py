@@ -55,6 +55,8 @@ DATASET = ArtifactRef(stage="dataset", key="k", uri="/store/dataset/k")
             "baked into its SavedModel",
         ),
         ({"hub_encoder": "some/path"}, "Extra inputs are not permitted"),
+        ({"lexical": {"max_tokens": 500_000}}, "lexical.max_tokens"),
+        ({"lexical": {"ngrams": 4}}, "lexical.ngrams"),
     ],
 )
 def test_config_errors_name_the_field(overrides: dict, message: str) -> None:
@@ -228,11 +230,11 @@ def test_classifier_config_round_trips(minilm_pair: Path) -> None:
         {"hidden": [{"units": 8}], "dropout": [{"at": "hidden:0", "rate": 0.2, "columns": [1]}]}
     )
     lexical = LexicalVocabulary(["the", "senate"], [1.0, 2.5], 2)
-    model = TextClassifier(str(EncoderPair(minilm_pair).encoder), config, 3, 6, lexical=lexical)
+    model = TextClassifier(str(EncoderPair(minilm_pair).encoder), config, 3, 6, vocabulary=lexical)
     rebuilt = TextClassifier.from_config(model.get_config())
     assert rebuilt.get_config() == model.get_config()
     assert rebuilt.train_config == config and rebuilt.output_layer.units == 3
-    assert rebuilt.lexical_vocabulary == lexical
+    assert rebuilt.vocabulary == lexical
     with pytest.raises(ValueError, match=r"exactly when config\.lexical is set"):
         TextClassifier(str(EncoderPair(minilm_pair).encoder), config, 3, 6)
 

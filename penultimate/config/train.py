@@ -81,9 +81,9 @@ class LexicalConfig(_Config):
     max_tokens: int = Field(
         50_000,
         ge=10,
-        le=1_000_000,
-        description="Most terms (words and word n-grams) counted: the most frequent of the "
-        "train split, each in at least 2 train texts.",
+        le=200_000,
+        description="Most terms (words and word n-grams) counted: about those in the most "
+        "train texts, each in at least 2.",
     )
     ngrams: int = Field(2, ge=1, le=3, description="Terms are runs of 1 to this many words.")
 
@@ -120,10 +120,10 @@ class TrainConfig(_Config):
     )
     lexical: LexicalConfig | None = Field(
         default_factory=LexicalConfig,
-        description="A wide & deep classifier: sublinear TF-IDF of the text's words and word "
-        "pairs, through its own Dense layer, added to the logits. Names, dates and headers "
-        "reach the prediction that mean pooling averages away; the served embedding stays the "
-        "penultimate layer. null = logits from the embedding alone.",
+        description="A wide & deep classifier: sublinear TF-IDF of the text's terms (words and, "
+        "by default, word pairs), through its own Dense layer, added to the logits. Names, dates "
+        "and headers reach the prediction that mean pooling averages away; the served embedding "
+        "stays the penultimate layer. null = logits from the embedding alone.",
     )
     freeze: str = Field(
         "all",
