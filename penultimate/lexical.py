@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 import tf_keras
+from scipy import sparse
 
 from penultimate.config import LexicalConfig
 
@@ -23,6 +24,9 @@ _FIT_BATCH = 256
 # A term in fewer train texts than this is noise to a linear model (sklearn's `min_df` of the
 # TF-IDF baseline in RESULTS.md).
 MIN_DOCUMENT_FREQUENCY = 2
+# The TF-IDF baseline's inverse regularisation (RESULTS.md): the branch's weights start at the
+# logistic regression it fits, which AdamW alone, in a few epochs, does not reach.
+WARM_START_C = 10.0
 _CANDIDATES_PER_TERM = 2
 
 
@@ -151,7 +155,8 @@ class LexicalFeatures(tf_keras.layers.Layer):
         return tf.SparseTensor(
             tf.stack([rows, columns], axis=1),
             weights,
-            tf.stack([known.dense_shape[0], known.dense_shape[1] - 1]),
+            # The width as a constant: a static last dimension, which a Dense layer needs to build.
+            tf.stack([known.dense_shape[0], tf.constant(len(self.terms), tf.int64)]),
         )
 
     def get_config(self) -> dict[str, Any]:
@@ -161,3 +166,28 @@ class LexicalFeatures(tf_keras.layers.Layer):
             "idf": self.idf.numpy().tolist(),
             "ngrams": self.ngrams,
         }
+
+
+def tfidf_matrix(layer: LexicalFeatures, texts: Sequence[str]) -> sparse.csr_matrix:
+    """`layer`'s TF-IDF rows of `texts` as one SciPy sparse matrix [texts, terms]."""
+    parts = []
+    for start in range(0, len(texts), _FIT_BATCH):
+        rows = layer(tf.constant(list(texts[start : start + _FIT_BATCH]), tf.string))
+        index = rows.indices.numpy()
+        shape = tuple(int(n) for n in rows.dense_shape.numpy())
+        parts.append(sparse.csr_matrix((rows.values.numpy(), (index[:, 0], index[:, 1])), shape))
+    return sparse.vstack(parts).tocsr()
+
+
+def lexical_warm_start(
+    layer: LexicalFeatures, texts: Sequence[str], labels: np.ndarray
+) -> np.ndarray:
+    """The kernel [terms, outputs] the lexical Dense layer starts from: the weights of a logistic
+    regression (C = WARM_START_C, fitted to convergence) on the TF-IDF of `texts` with class ids
+    `labels` (one sigmoid output for 2 classes, one softmax output per class otherwise)."""
+    from sklearn.linear_model import LogisticRegression
+
+    fitted = LogisticRegression(C=WARM_START_C, max_iter=2000).fit(
+        tfidf_matrix(layer, texts), labels
+    )
+    return fitted.coef_.T.astype(np.float32)

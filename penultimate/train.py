@@ -44,6 +44,7 @@ from penultimate.lexical import (
     MIN_DOCUMENT_FREQUENCY,
     LexicalVocabulary,
     fit_lexical_vocabulary,
+    lexical_warm_start,
 )
 from penultimate.shard_features import read_features, side_by_side
 from penultimate.stages import ENCODER_STAGE
@@ -310,6 +311,15 @@ def fit_classifier(
             )
         log(f"lexical branch: {len(vocabulary.terms):,} terms from {len(texts['train']):,} texts")
     model = build_classifier(pair, config, labels, loaded, vocabulary)
+    if model.lexical_features is not None and model.lexical_layer is not None:
+        started = time.perf_counter()
+        model.lexical_layer.kernel.assign(
+            lexical_warm_start(model.lexical_features, texts["train"], y["train"])
+        )
+        log(
+            "lexical branch: starts from a logistic regression on its TF-IDF "
+            f"({time.perf_counter() - started:.1f} s)"
+        )
     steps_per_epoch = -(-len(y["train"]) // config.batch_size)
     steps = steps_per_epoch * config.epochs
     run_dir = out / TENSORBOARD_DIR / run_name(config)

@@ -23,6 +23,8 @@ from penultimate.lexical import (
     LexicalFeatures,
     LexicalVocabulary,
     fit_lexical_vocabulary,
+    lexical_warm_start,
+    tfidf_matrix,
 )
 from penultimate.train import LabelSpace, TrainedClassifier, TrainInputError, fit_classifier
 
@@ -175,3 +177,25 @@ def test_every_served_prediction_includes_the_lexical_term(tiny_bert_pair: Path)
     # The term matters: without it the first text's prediction would differ.
     deep = tf.nn.softmax(model.head(model.embed(classifier_inputs(loaded, texts)), False, None))
     assert np.abs(deep.numpy()[0] - expected[0]).max() > 0.1
+
+
+def test_the_branch_starts_from_the_logistic_regression_of_its_tfidf(corpus_slice: Path) -> None:
+    frame = pl.read_parquet(corpus_slice)
+    texts = frame["raw"].to_list()
+    vocabulary = fit_lexical_vocabulary(texts, LexicalConfig(max_tokens=2_000))
+    layer = LexicalFeatures(vocabulary.terms, vocabulary.idf, vocabulary.ngrams)
+    matrix = tfidf_matrix(layer, texts)
+    np.testing.assert_allclose(
+        matrix[:10].toarray(),
+        tf.sparse.to_dense(layer(tf.constant(texts[:10]))).numpy(),
+        atol=1e-7,
+    )
+    for column, width in (("label", 1), ("group", 5)):
+        names = sorted(frame[column].unique().to_list())
+        y = LabelSpace(names).encode(frame[column])
+        kernel = lexical_warm_start(layer, texts, y)
+        assert kernel.shape == (len(vocabulary.terms), width)
+        # Fitted to convergence at C = 10: it separates the texts it was fitted on.
+        scores = matrix @ kernel
+        predicted = scores.argmax(axis=1) if width > 1 else (scores[:, 0] > 0).astype(int)
+        assert (predicted == y).mean() > 0.95
