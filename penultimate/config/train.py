@@ -76,7 +76,8 @@ class HiddenLayer(_Config):
 
 
 class LexicalConfig(_Config):
-    """The lexical branch: TF-IDF of the raw text, a linear term added to the logits."""
+    """The lexical branch: TF-IDF of the raw text, a linear term added to the logits, its weights
+    starting from a logistic regression on the train split's TF-IDF."""
 
     max_tokens: int = Field(
         50_000,
